@@ -1,0 +1,68 @@
+"""The MetaFormer block: `x + drop_path(ls1 * mixer(norm1(x)))`, then `x + drop_path(ls2 * mlp(norm2(x)))`.
+
+Module names follow timm's MetaFormer (`norm1`, `token_mixer`, `layer_scale1.scale`, `mlp.fc1`, ...) so timm's
+PoolFormer weights load without renaming. The switches the paper ablates live here: no residual, no channel MLP,
+no layer scale, and MetaFormer v2's res scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from timm.layers import DropPath, Mlp
+from timm.models.metaformer import Scale
+from torch import nn
+
+from metaformer.acts import get_act
+from metaformer.norms import build_norm
+from mixers import build_mixer
+
+
+class MetaFormerBlock(nn.Module):
+    """Token-mixer sub-block and channel-MLP sub-block, each with norm, layer scale, drop path, residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: str | Callable[..., nn.Module] = "pool",
+        mixer_options: Mapping[str, Any] | None = None,
+        resolution: tuple[int, int] | None = None,
+        norm: str | Callable[..., nn.Module] = "gn",
+        act: str | Callable[..., nn.Module] = "gelu",
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = 1e-5,
+        res_scale_init: float | None = None,
+        residual: bool = True,
+        channel_mlp: bool = True,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        self.norm1 = build_norm(norm, dim)
+        self.token_mixer = build_mixer(mixer, dim, resolution, **dict(mixer_options or {}))
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = _scale(dim, layer_scale_init)
+        self.res_scale1 = _scale(dim, res_scale_init)
+        self.channel_mlp = channel_mlp
+        if channel_mlp:
+            self.norm2 = build_norm(norm, dim)
+            self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=get_act(act), drop=drop, use_conv=True)
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+            self.layer_scale2 = _scale(dim, layer_scale_init)
+            self.res_scale2 = _scale(dim, res_scale_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._add(self.res_scale1(x), self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x)))))
+        if self.channel_mlp:
+            x = self._add(self.res_scale2(x), self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x)))))
+        return x
+
+    def _add(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return shortcut + branch if self.residual else branch
+
+
+def _scale(dim: int, init: float | None) -> nn.Module:
+    return nn.Identity() if init is None else Scale(dim, init_value=init, use_nchw=True)

@@ -1,0 +1,117 @@
+"""Loading PoolFormer weights: this project's checkpoints, timm's `poolformer_*` (v1) and the official release.
+
+The layout is detected from the keys and remapped onto ours (which follows timm's stage/block names).
+Files are read with `torch.load(weights_only=True)` or safetensors: no arbitrary objects are unpickled.
+Note: timm's PoolFormer averages the last map and then applies a LayerNorm, whereas the paper, the official
+release and this project normalise the whole map (GroupNorm, 1 group) and then average; with the same weights
+the stage features are identical and the logits differ slightly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did: the detected layout and the keys that did not match."""
+
+    layout: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a .safetensors file or a torch checkpoint (weights only), unwrapping it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return unwrap(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """Take the model weights out of a training checkpoint and strip DDP's/compile's key prefixes."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    out = {}
+    for k, v in checkpoint.items():
+        if isinstance(v, torch.Tensor):
+            out[re.sub(r"^(module\.|_orig_mod\.)+", "", k)] = v
+    return out
+
+
+def detect_layout(state_dict: StateDict) -> str:
+    """'official' (sail-sg/poolformer), 'timm' (timm's poolformer_*) or 'metaformer' (this project)."""
+    keys = set(state_dict)
+    if any(k.startswith(("network.", "patch_embed.")) for k in keys):
+        return "official"
+    if any(k.startswith(("head.fc.", "head.norm.")) for k in keys):
+        return "timm"
+    return "metaformer"
+
+
+def _from_official(key: str) -> str:
+    key = key.replace("patch_embed.proj.", "stem.conv.")
+    key = re.sub(r"layer_scale_([12])$", r"layer_scale\1.scale", key)
+    m = re.match(r"network\.(\d+)\.(.*)$", key)
+    if m:
+        idx, rest = int(m.group(1)), m.group(2)
+        if idx % 2 == 0:  # a stage's blocks
+            key = f"stages.{idx // 2}.blocks.{rest}"
+        else:  # the downsampling embedding before the next stage
+            key = f"stages.{idx // 2 + 1}.downsample.{rest.replace('proj.', 'conv.')}"
+    return key
+
+
+def _from_timm(key: str) -> str:
+    return re.sub(r"^head\.fc\.", "head.", re.sub(r"^head\.norm\.", "norm.", key))
+
+
+_REMAP = {"official": _from_official, "timm": _from_timm, "metaformer": lambda k: k}
+
+
+def convert_state_dict(state_dict: StateDict) -> tuple[str, dict[str, torch.Tensor]]:
+    """Detect the layout and return (layout, state dict renamed to this project's keys)."""
+    layout = detect_layout(state_dict)
+    return layout, {_REMAP[layout](k): v for k, v in state_dict.items()}
+
+
+def load_pretrained(model: nn.Module, source: str | Path | StateDict, strict: bool = True) -> LoadReport:
+    """Load weights of any supported layout into `model`; strict by default, with a clear report of mismatches."""
+    state_dict = read_state_dict(source) if isinstance(source, str | Path) else unwrap(source)
+    layout, converted = convert_state_dict(state_dict)
+    own = model.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in converted.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if shape_errors:
+        raise ValueError(
+            f"{layout} checkpoint does not fit the model ({len(shape_errors)} shape mismatches, e.g. "
+            f"{'; '.join(shape_errors[:3])}); build the model with the checkpoint's num_classes/dims, or "
+            f"call model.reset_classifier(n) after loading"
+        )
+    result = model.load_state_dict(converted, strict=False)
+    report = LoadReport(layout, list(result.missing_keys), list(result.unexpected_keys))
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(
+            f"{layout} checkpoint does not match the model: {len(report.missing)} missing keys "
+            f"{report.missing[:5]}, {len(report.unexpected)} unexpected keys {report.unexpected[:5]}; "
+            f"pass strict=False to load the rest"
+        )
+    return report

@@ -1,0 +1,126 @@
+"""`python -m analysis` as a user runs it: printed tables, written files and plots, exit codes on bad input."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import ablation_table, collect_runs
+from analysis.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+
+
+def test_markdown_table_files_and_plots(multirun, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main([str(multirun), "--out", str(out), "--format", "markdown"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("| label")
+    assert "| baseline " in stdout and "71.00 ± 1.41" in stdout and "+1.50" in stdout
+    assert "Runs not in the averages (4)" in stdout
+    assert "diverged" in stdout and "incomplete" in stdout
+    assert str(multirun / "2026-11-25" / "10-00-00" / "7") in stdout
+    for name in ("ablation.md", "ablation.tex", "ablation.csv", "runs.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert is_png(out / "top1_vs_gmacs.png")
+    assert is_png(out / "delta_vs_baseline.png")
+    assert "Runs not in the averages" in (out / "ablation.md").read_text()
+    assert "\\begin{tabular}" in (out / "ablation.tex").read_text()
+    every_run = pd.read_csv(out / "runs.csv")
+    assert len(every_run) == 11
+    assert sorted(every_run["status"].unique()) == [
+        "completed",
+        "diverged",
+        "failed",
+        "incomplete",
+        "preempted",
+    ]
+    assert pd.read_csv(out / "ablation.csv")["top1_mean"].tolist() == pytest.approx(
+        [71.0, 72.5, 68.0, 75.0, 66.0]
+    )
+
+
+def test_runs_csv_reads_back_into_the_same_table(multirun, tmp_path, capsys):
+    assert main([str(multirun), "--out", str(tmp_path / "r")]) == 0
+    again = ablation_table(collect_runs([tmp_path / "r" / "runs.csv"]))
+    first = ablation_table(collect_runs([multirun]))
+    columns = ["label", "n", "top1_mean", "top1_std", "delta_vs_baseline", "params_m"]
+    pd.testing.assert_frame_equal(again[columns], first[columns], check_dtype=False)
+
+
+def test_latex_format(multirun, capsys):
+    assert main([str(multirun), "--format", "latex"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("\\begin{tabular}")
+    assert "\\end{tabular}" in stdout
+    assert "\n% Runs not in the averages (4)" in stdout
+
+
+def test_csv_format_is_clean_csv_on_stdout(multirun, capsys):
+    assert main([str(multirun), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    table = pd.read_csv(io.StringIO(captured.out))
+    assert table["n"].tolist() == [2, 2, 1, 1, 1]
+    assert "Runs not in the averages (4)" in captured.err
+
+
+def test_baseline_option(multirun, capsys):
+    assert main([str(multirun), "--baseline", "ReLU", "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert table["label"][0] == "ReLU"
+    assert table.set_index("label").loc["baseline", "delta_vs_baseline"] == pytest.approx(5.0)
+
+
+def test_unknown_baseline_exits_2_listing_labels(multirun, capsys):
+    assert main([str(multirun), "--baseline", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "'nope'" in captured.err
+    assert all(f"'{label}'" in captured.err for label in ("baseline", "pool size 5", "LN", "ReLU"))
+
+
+def test_missing_path_exits_2_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: ") and "missing: no such file or folder" in err
+
+
+def test_folder_without_runs_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "holds no runs" in capsys.readouterr().err
+
+
+def test_without_baseline_no_delta_plot_and_a_note(multirun, tmp_path, capsys):
+    only_ln = multirun / "2026-11-25" / "10-00-00" / "4"
+    assert main([str(only_ln), "--out", str(tmp_path / "r")]) == 0
+    assert "pass --baseline LABEL" in capsys.readouterr().err
+    assert is_png(tmp_path / "r" / "top1_vs_gmacs.png")
+    assert not (tmp_path / "r" / "delta_vs_baseline.png").exists()
+
+
+def test_python_dash_m_analysis(multirun):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", str(multirun)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| baseline " in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "analysis", "no/such/dir"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "error: no/such/dir: no such file or folder; give a run folder, a multirun folder or a runs CSV"
+    )

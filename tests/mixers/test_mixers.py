@@ -1,0 +1,111 @@
+"""Each token mixer: NCHW in, same shape out, and the computation it promises."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixers import build_mixer, list_mixers
+
+RES = (6, 5)
+
+
+@pytest.mark.parametrize("name", sorted(list_mixers()))
+def test_mixer_keeps_shape_and_backpropagates(name):
+    torch.manual_seed(0)
+    m = build_mixer(name, 32, resolution=RES)
+    x = torch.randn(2, 32, *RES, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_pool_is_average_minus_input_without_counting_padding():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = build_mixer("pool", 1)(x)
+    # top-left corner: mean of the 2x2 neighbourhood inside the image (padding not counted)
+    assert y[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4 - 0)
+    assert y[0, 0, 1, 1].item() == pytest.approx(x[0, 0, :3, :3].mean().item() - 5)
+
+
+def test_pool_size_and_plain_average_option():
+    x = torch.randn(1, 3, 9, 9)
+    m = build_mixer("pool", 3, pool_size=5, subtract_input=False)
+    expected = F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+    assert torch.allclose(m(x), expected)
+    with pytest.raises(ValueError, match="odd"):
+        build_mixer("pool", 3, pool_size=4)
+
+
+def test_attention_matches_explicit_softmax_attention():
+    torch.manual_seed(0)
+    m = build_mixer("attn", 64).eval()
+    assert m.num_heads == 2 and m.qkv.bias is None  # head_dim 32, qkv without bias by default
+    x = torch.randn(2, 64, 3, 4)
+    tokens = x.flatten(2).transpose(1, 2)
+    q, k, v = m.qkv(tokens).view(2, 12, 3, 2, 32).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-2, -1) / 32**0.5).softmax(-1)
+    out = m.proj((attn @ v).transpose(1, 2).reshape(2, 12, 64)).transpose(1, 2).reshape(2, 64, 3, 4)
+    assert torch.allclose(m(x), out, atol=1e-5)
+    assert build_mixer("attn", 64, qkv_bias=True).qkv.bias is not None
+
+
+def test_attention_mixes_tokens_globally():
+    m = build_mixer("attn", 32).eval()
+    x = torch.randn(1, 32, 4, 4)
+    x2 = x.clone()
+    x2[..., 3, 3] += 1.0
+    assert not torch.allclose(m(x)[..., 0, 0], m(x2)[..., 0, 0])
+
+
+def test_spatial_fc_is_one_linear_layer_over_tokens():
+    m = build_mixer("mlp", 4, resolution=(3, 3))
+    assert m.fc.weight.shape == (9, 9)
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(m(x), (x.flatten(2) @ m.fc.weight.t() + m.fc.bias).view_as(x), atol=1e-6)
+
+
+def test_random_matrix_is_frozen_row_softmax_buffer():
+    m = build_mixer("random", 4, resolution=(3, 3))
+    assert list(m.parameters()) == []
+    assert "random_matrix" in m.state_dict()
+    w = m.random_matrix
+    assert w.shape == (9, 9) and torch.allclose(w.sum(-1), torch.ones(9)) and (w > 0).all()
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(m(x), torch.einsum("nm,bcm->bcn", w, x.flatten(2)).view_as(x), atol=1e-6)
+
+
+def test_global_filter_multiplies_the_spectrum():
+    m = build_mixer("fft", 2, resolution=(4, 6))
+    assert m.complex_weight.shape == (2, 4, 4, 2)
+    with torch.no_grad():
+        m.complex_weight.zero_()
+        m.complex_weight[..., 0] = 1.0  # K = 1 everywhere: the identity
+    x = torch.randn(1, 2, 4, 6)
+    assert torch.allclose(m(x), x, atol=1e-5)
+
+
+def test_fnet_is_parameter_free_real_fft():
+    m = build_mixer("fnet", 3)
+    assert list(m.parameters()) == []
+    x = torch.randn(1, 3, 4, 4)
+    assert torch.allclose(m(x), torch.fft.fftn(x, dim=(1, 2, 3), norm="ortho").real, atol=1e-6)
+
+
+def test_dwconv_and_sepconv_options():
+    assert build_mixer("dwconv", 8, kernel_size=5).conv.kernel_size == (5, 5)
+    sep = build_mixer("sepconv", 8)
+    assert sep.dwconv.kernel_size == (7, 7) and sep.pwconv1.out_channels == 16
+
+
+@pytest.mark.parametrize("name", ["mlp", "fft", "random"])
+def test_resolution_bound_mixers_refuse_other_sizes(name):
+    m = build_mixer(name, 4, resolution=(4, 4))
+    with pytest.raises(ValueError, match=f"mixer '{name}' was built for a 4x4 feature map but received 5x5"):
+        m(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("name", ["mlp", "fft", "random"])
+def test_resolution_bound_mixers_need_a_resolution(name):
+    with pytest.raises(ValueError, match="bound to its stage's resolution"):
+        build_mixer(name, 4)
