@@ -1,0 +1,244 @@
+"""Checks on a composed run config, made before any data is loaded or any folder is written.
+
+`validate` looks at what a typo or a wrong guess produces (an unknown mixer/norm/act, a mixer list of the wrong
+length, a non-positive epoch count, a missing data root, a resume path that is not there) and raises `ConfigError`
+with one line saying what was wrong and what would be right. run.py prints that line and exits non-zero, instead
+of a traceback. Two checks must happen before Hydra itself acts, so they live here too: `PreflightCallback` makes
+sure the output folder can be written before Hydra creates it, and `check_launcher` names the pip package of a
+launcher plugin that is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from metaformer.engine.loop import PRECISIONS
+
+# Keys of the `model` node that are ours, not create_model keywords.
+MODEL_META_KEYS = ("name",)
+
+# Launcher plugins a user may ask for, and the package that provides each.
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+}
+
+
+class ConfigError(ValueError):
+    """A run config that cannot train; the message is one line. `exit_code` 2: a bad value, 1: the environment."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def report(message: str) -> None:
+    """Print `prog: error: message` on stderr, as argparse does."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, exit_code: int = 2) -> NoReturn:
+    """Report `message` and exit with `exit_code`."""
+    report(message)
+    raise SystemExit(exit_code)
+
+
+def _choices(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def stage_mixers(mixer: Any, num_stages: int) -> list[str]:
+    """The per-stage list of mixer names: one name for every stage, or a list checked for its length."""
+    if isinstance(mixer, str):
+        return [mixer] * num_stages
+    if isinstance(mixer, (list, tuple, ListConfig)):
+        names = [str(m) for m in mixer]
+        if len(names) != num_stages:
+            raise ConfigError(
+                f"mixer={_fmt_list(names)} has {len(names)} entries but the model has {num_stages} stages; "
+                f"give one mixer for all stages (mixer=pool) or exactly {num_stages} (mixer=[pool,pool,attn,attn])"
+            )
+        return names
+    raise ConfigError(f"mixer must be a name or a list of {num_stages} names, got {mixer!r}")
+
+
+def _fmt_list(names: list[str]) -> str:
+    return "[" + ",".join(names) + "]"
+
+
+def _check_name(kind: str, name: Any, registered: list[str]) -> None:
+    # `pkg.module:Class` names code that need not be registered; the model factory imports it.
+    if not isinstance(name, str) or (name not in registered and ":" not in name):
+        raise ConfigError(f"unknown {kind} {name!r}; choose from: {_choices(registered)}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What validation resolved: the per-stage mixers and the keywords for create_model."""
+
+    mixers: list[str]
+    model_kwargs: dict[str, Any]
+
+
+def num_stages(cfg: DictConfig) -> int:
+    """The number of stages the configured model will have (4, or the length of a `model.depths` override)."""
+    depths = cfg.model.get("depths")
+    return len(depths) if depths is not None else 4
+
+
+def model_kwargs(cfg: DictConfig, mixers: list[str]) -> dict[str, Any]:
+    """Keywords for `create_model`: the top-level mixer/norm/act/mixer_options and every extra `model` key."""
+    extra = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(extra, dict)
+    for key in MODEL_META_KEYS:
+        extra.pop(key, None)
+    options = cfg.get("mixer_options")
+    options = OmegaConf.to_container(options, resolve=True) if options is not None else {}
+    assert isinstance(options, dict)
+    used = {name: dict(opts) for name, opts in options.items() if name in mixers and opts}
+    mixer = mixers[0] if len(set(mixers)) == 1 and isinstance(cfg.mixer, str) else list(mixers)
+    return {"mixer": mixer, "norm": cfg.norm, "act": cfg.act, "mixer_options": used, **extra}
+
+
+def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
+    """Check `cfg` and return what it resolves to; raise `ConfigError` (one line) on the first problem."""
+    from metaformer import list_acts, list_models, list_norms
+    from metaformer.engine.data import check_data
+    from mixers import list_mixers
+
+    _check_name("model", cfg.model.get("name"), list_models())
+    mixers = stage_mixers(cfg.mixer, num_stages(cfg))
+    for name in mixers:
+        _check_name("mixer", name, list_mixers())
+    _check_name("norm", cfg.norm, list_norms())
+    _check_name("act", cfg.act, list_acts())
+    _check_trainer(cfg.trainer)
+    _check_optimizer(cfg.optim)
+    _check_resume(cfg.get("resume"))
+    if cfg.logger.get("name") == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger=wandb needs wandb: pip install wandb", exit_code=1)
+    try:
+        check_data(cfg.data)
+    except FileNotFoundError as e:
+        raise ConfigError(_one_line(e), exit_code=1) from e
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from e
+    if run_dir is not None:
+        check_writable(run_dir)
+    return RunSpec(mixers=mixers, model_kwargs=model_kwargs(cfg, mixers))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(text.split())
+
+
+def _check_trainer(t: DictConfig) -> None:
+    def positive_int(key: str) -> None:
+        value = t.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
+
+    for key in ("epochs", "batch_size", "accumulation", "eval_interval", "log_interval"):
+        positive_int(key)
+    if t.get("eval_batch_size") is not None:
+        positive_int("eval_batch_size")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown trainer.precision {t.precision!r}; choose from: {_choices(list(PRECISIONS))}"
+        )
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 on the CPU")
+    if t.device not in ("auto", "cpu") and not str(t.device).startswith("cuda"):
+        raise ConfigError(f"unknown trainer.device {t.device!r}; choose from: auto, cpu, cuda")
+    if str(t.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.device={t.device} but no CUDA device is visible; use trainer.device=auto"
+            )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = t.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
+            raise ConfigError(f"trainer.{key} must be a number of batches, a fraction in (0, 1], or null")
+        if isinstance(value, float) and value > 1:
+            raise ConfigError(f"trainer.{key}={value}: a float is a fraction of the epoch, in (0, 1]")
+    if t.get("grad_clip") is not None and t.grad_clip <= 0:
+        raise ConfigError(f"trainer.grad_clip must be positive or null, got {t.grad_clip}")
+
+
+def _check_optimizer(optim: DictConfig) -> None:
+    from timm.optim import list_optimizers
+
+    # timm accepts a `lookahead_` prefix on any optimizer name.
+    name = str(optim.get("opt")).lower().removeprefix("lookahead_")
+    if name not in list_optimizers():
+        raise ConfigError(
+            f"unknown optim.opt {optim.get('opt')!r}; see timm.optim.list_optimizers(), e.g. adamw, sgd, lamb"
+        )
+
+
+def _check_resume(resume: Any) -> None:
+    if resume is None or isinstance(resume, bool):
+        return
+    path = Path(str(resume)).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"resume={resume}: no such file or folder (give a run folder, a checkpoint, or true)", 1
+        )
+    if path.is_dir() and not (path / "last.pt").is_file():
+        raise ConfigError(f"resume={resume}: the folder has no last.pt to resume from", exit_code=1)
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """Create `run_dir` if needed and prove a file can be written there; raise ConfigError if not."""
+    path = Path(run_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"cannot write the output folder {path}: {reason}", exit_code=1) from e
+
+
+class PreflightCallback(Callback):
+    """Checks, before Hydra creates it, that the run (or sweep) folder can be written; exits with one line if not."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check hydra.run.dir."""
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check hydra.sweep.dir."""
+        self._check(config, "sweep")
+
+    @staticmethod
+    def _check(config: DictConfig, mode: str) -> None:
+        try:
+            check_writable(str(OmegaConf.select(config, f"hydra.{mode}.dir")))
+        except ConfigError as e:
+            fail(str(e), e.exit_code)
+
+
+def check_launcher(argv: list[str]) -> None:
+    """Exit with the pip command when argv selects a launcher plugin that is not installed."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") in ("hydra/launcher", "override hydra/launcher") and value in LAUNCHER_PLUGINS:
+            module, package = LAUNCHER_PLUGINS[value]
+            if importlib.util.find_spec(module) is None:
+                fail(f"hydra/launcher={value} needs the {package} plugin: pip install {package}", exit_code=1)

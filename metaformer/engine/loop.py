@@ -1,0 +1,194 @@
+"""One training epoch and one evaluation pass: the inner loops, with nothing about files or configs in them.
+
+`train_one_epoch` runs mixed precision (bf16 autocast on CPU or GPU, fp16 with a grad scaler on GPU), gradient
+accumulation (skipping DDP's all-reduce on the steps that only accumulate), clipping, per-step lr updates of timm's
+scheduler, and EMA updates. It checks the loss for NaN/inf every `log_interval` steps, agreeing across ranks, so a
+diverged run stops everywhere at once. `evaluate` sums loss and correct counts over all ranks: exact top-1/top-5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.utils import accuracy
+from torch import nn
+
+from metaformer.engine.distributed import all_reduce_sum
+from metaformer.engine.loggers import progress
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Stepper:
+    """The parts one optimisation step needs, and the count of steps taken so far."""
+
+    model: nn.Module  # what runs forward: possibly wrapped in DDP and/or compiled
+    module: nn.Module  # the bare model: EMA reads it, checkpoints save it
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    precision: str = "fp32"
+    scheduler: Any = None
+    mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    ema: Any = None
+    scaler: torch.amp.GradScaler | None = None
+    ddp: nn.Module | None = None
+    accumulation: int = 1
+    grad_clip: float | None = None
+    channels_last: bool = False
+    num_updates: int = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for this precision (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a batch to the device, channels-last when asked."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch did: mean loss, images seen (all ranks), seconds, and whether it diverged."""
+
+    loss: float
+    images: int
+    seconds: float
+    diverged: bool = False
+
+    @property
+    def img_per_s(self) -> float:
+        """Training throughput over all ranks."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _loss_is_finite(loss_sum: torch.Tensor) -> bool:
+    """True on every rank unless some rank's running loss is NaN or inf."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss_sum).item() else 1.0], device=loss_sum.device)
+    return all_reduce_sum(bad).item() == 0
+
+
+def train_one_epoch(
+    s: Stepper,
+    loader: Iterable,
+    num_batches: int,
+    desc: str = "train",
+    log_interval: int = 50,
+    show_progress: bool = False,
+) -> EpochStats:
+    """Train over `num_batches` batches of `loader`; return the epoch's statistics."""
+    s.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
+    seen = 0
+    start = time.perf_counter()
+    bar = progress(num_batches, desc, show_progress)
+    s.optimizer.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(itertools.islice(loader, num_batches)):
+        x, y = s.to_device(x, y)
+        if s.mixup is not None:
+            if len(x) % 2:  # timm's Mixup pairs samples: drop one from an odd batch
+                x, y = x[:-1], y[:-1]
+            x, y = s.mixup(x, y)
+        group_end = (i + 1) % s.accumulation == 0 or i + 1 == num_batches
+        sync = contextlib.nullcontext() if group_end or s.ddp is None else s.ddp.no_sync()
+        with sync:
+            with s.autocast():
+                loss = s.loss_fn(s.model(x), y)
+            scaled = loss / s.accumulation
+            (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
+        if group_end:
+            _optimizer_step(s)
+        loss_sum += loss.detach().double() * len(x)
+        seen += len(x)
+        bar.update()
+        if (i + 1) % log_interval == 0:
+            if not _loss_is_finite(loss_sum):
+                bar.close()
+                return EpochStats(math.nan, seen, time.perf_counter() - start, diverged=True)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    seconds = time.perf_counter() - start
+    totals = all_reduce_sum(
+        torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=s.device)])
+    )
+    mean_loss = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
+    return EpochStats(mean_loss, int(totals[1].item()), seconds, diverged=not math.isfinite(mean_loss))
+
+
+def _optimizer_step(s: Stepper) -> None:
+    if s.grad_clip:
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)
+        nn.utils.clip_grad_norm_(s.module.parameters(), s.grad_clip)
+    if s.scaler is not None:
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+    else:
+        s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.num_updates += 1
+    if s.scheduler is not None:
+        s.scheduler.step_update(num_updates=s.num_updates)
+    if s.ema is not None:
+        s.ema.update(s.module, step=s.num_updates)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    s: Stepper,
+    num_batches: int | None = None,
+    show_progress: bool = False,
+) -> dict[str, float] | None:
+    """Cross-entropy loss and top-1/top-5 accuracy (percent) over this rank's shard, summed over all ranks."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=s.device)  # loss, correct@1, correct@5, count
+    batches = loader if num_batches is None else itertools.islice(loader, num_batches)
+    total = num_batches if num_batches is not None else _safe_len(loader)
+    with progress(total, "eval", show_progress) as bar:
+        for x, y in batches:
+            x, y = s.to_device(x, y)
+            with s.autocast():
+                logits = model(x)
+            logits = logits.float()
+            top1, top5 = accuracy(logits, y, topk=(1, min(5, logits.shape[1])))
+            n = y.numel()
+            # timm's accuracy is a percentage of the batch: turn it back into counts that sum exactly.
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, y, reduction="sum"),
+                    (top1 * n / 100).round(),
+                    (top5 * n / 100).round(),
+                    torch.tensor(n, device=s.device),
+                ]  # fmt: skip
+            ).double()
+            bar.update()
+    loss, correct1, correct5, count = all_reduce_sum(sums).tolist()
+    if count == 0:
+        return None
+    return {"val_loss": loss / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count}
+
+
+def _safe_len(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None

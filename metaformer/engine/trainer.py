@@ -1,0 +1,485 @@
+"""`train(cfg)`: one run from a composed config to a finished run folder.
+
+The order matters and is the whole story: validate (nothing written yet), join the process group, build data and
+model, write `results.json` with `status: running`, resume if asked, then epochs of train / evaluate / log /
+checkpoint, and finally `results.json` again with the outcome. timm supplies the optimizer, the scheduler,
+Mixup/CutMix, the losses, EMA and the accuracy; this module only wires them to the config. A NaN/inf loss ends the
+run as `diverged` (a normal return, so a sweep goes on); an exception ends it as `failed` and is re-raised;
+SIGTERM or Ctrl-C end it as `preempted`, resumable from `last.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, random_seed
+from torch import nn
+
+from metaformer.engine import distributed as D
+from metaformer.engine.checkpoint import BEST, LAST, find_resume, load_checkpoint, save_checkpoint
+from metaformer.engine.config import ConfigError, RunSpec, validate
+from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
+from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
+from metaformer.engine.results import git_state, run_identity, write_results
+
+log = logging.getLogger(__name__)
+
+# Environment variables: torch threads per process; a folder where every rank saves its final weights (for tests
+# and debugging DDP: all ranks must end with the same weights).
+THREADS_ENV = "METAFORMER_THREADS"
+RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
+
+
+class Preempted(BaseException):
+    """Raised from the SIGTERM handler: the job was asked to stop and can resume from last.pt."""
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The run folder: `output_dir` from the config, which defaults to Hydra's output folder."""
+    out = OmegaConf.select(cfg, "output_dir", throw_on_resolution_failure=False)
+    if not out:
+        raise ConfigError("no output folder: run through run.py (Hydra) or set output_dir=PATH")
+    return Path(str(out)).resolve()
+
+
+def _hydra_launcher() -> tuple[int, str | None]:
+    """(parallel jobs the launcher runs at once, the sweep folder's name) when running under a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return 1, None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return 1, None
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+    if n_jobs < 0:  # joblib: -1 is all cores, -2 all but one, ...
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return int(n_jobs), str(hc.sweep.dir)[-128:]  # wandb's limit on a group name
+
+
+def _set_threads(cfg: DictConfig, dist: D.DistInfo, parallel_jobs: int) -> None:
+    requested = cfg.trainer.get("threads") or os.environ.get(THREADS_ENV)
+    sharing = parallel_jobs * (dist.local_world_size if dist.device.type == "cpu" else 1)
+    if requested or sharing > 1:
+        torch.set_num_threads(D.split_threads(int(requested) if requested else None, sharing))
+
+
+def _set_determinism(cfg: DictConfig, device: torch.device) -> None:
+    deterministic = cfg.trainer.get("deterministic")
+    if deterministic is None:
+        deterministic = device.type == "cpu"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    # Reseeding from (seed, epoch, rank) makes every epoch reproducible, so a resumed run draws the same
+    # drop-path masks, Mixup coefficients and loader seeds as one that never stopped.
+    random_seed(seed * 10_007 + epoch * 1_009, rank)
+
+
+def _limit(limit: int | float | None, total: int) -> int:
+    if limit is None:
+        return total
+    if isinstance(limit, float):
+        return max(1, int(total * limit))
+    return min(total, int(limit))
+
+
+def _loss_fns(aug_cfg: DictConfig | None, num_classes: int) -> tuple[Mixup | None, nn.Module]:
+    """timm's Mixup/CutMix and the loss that goes with it: soft targets, label smoothing, or plain CE."""
+    from metaformer.engine.data import aug_config
+
+    aug = aug_config(aug_cfg)  # unset keys (or no aug group at all) mean off
+    if aug.mixup > 0 or aug.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=aug.mixup,
+            cutmix_alpha=aug.cutmix,
+            prob=aug.mixup_prob,
+            switch_prob=aug.mixup_switch_prob,
+            label_smoothing=aug.label_smoothing,
+            num_classes=num_classes,
+        )
+        return mixup, SoftTargetCrossEntropy()
+    if aug.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=aug.label_smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+def _learning_rate(optim: DictConfig, global_batch: int) -> float:
+    """`optim.lr`, or timm's linear scaling rule: base_lr x global batch / base_batch (1e-3 x batch / 1024)."""
+    if optim.get("lr") is not None:
+        return float(optim.lr)
+    return float(optim.base_lr) * global_batch / float(optim.get("base_batch", 1024))
+
+
+def _build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:
+    kwargs = OmegaConf.to_container(optim, resolve=True)
+    assert isinstance(kwargs, dict)
+    for key in ("opt", "lr", "base_lr", "base_batch", "weight_decay"):
+        kwargs.pop(key, None)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay, **kwargs)
+
+
+def _build_scheduler(
+    optimizer: torch.optim.Optimizer, sched: DictConfig, epochs: int, updates_per_epoch: int
+):
+    kwargs = OmegaConf.to_container(sched, resolve=True)
+    assert isinstance(kwargs, dict)
+    name = kwargs.pop("sched")
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=name, num_epochs=epochs, updates_per_epoch=updates_per_epoch, **kwargs
+    )
+    return scheduler
+
+
+@contextmanager
+def _sigterm_as_preemption():
+    """Turn SIGTERM (a cluster's 'stop now') into `Preempted` while training; a no-op off the main thread."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_preempted)
+    except ValueError:  # not the main thread (e.g. joblib's threading backend)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_preempted(signum: int, frame: Any) -> None:
+    raise Preempted(f"signal {signum}")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train the model `cfg` describes into its run folder; return the final results.json record."""
+    start = time.time()
+    # Rank 0 validates with its run folder; the others learn the folder after joining the group.
+    run_dir = run_dir_of(cfg) if D.env_rank() == 0 else None
+    try:
+        spec = validate(cfg, run_dir)
+        dist = D.init_distributed(cfg.trainer.device)
+    except Exception as e:
+        _record_setup_failure(cfg, run_dir, e)
+        raise
+    try:
+        run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
+        with _sigterm_as_preemption():
+            try:
+                run = _Run(cfg, spec, dist, run_dir, start)
+            except Exception as e:
+                _record_setup_failure(cfg, run_dir if dist.is_main else None, e, spec.mixers)
+                raise
+            return run.fit()
+    finally:
+        D.cleanup()
+
+
+def _record_setup_failure(
+    cfg: DictConfig, run_dir: Path | None, error: Exception, mixers: Any = None
+) -> None:
+    """Leave a `failed` results.json in a run folder whose job stopped before training (when it can be written)."""
+    if run_dir is None:
+        return
+    identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
+    record = {"status": "failed", "epochs": 0, **identity, **git_state()}
+    record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    with contextlib.suppress(OSError):
+        write_results(run_dir, record)
+
+
+class _Run:
+    """The state of one run between setup and the final results: built once by `train`, then `fit()`."""
+
+    def __init__(self, cfg: DictConfig, spec: RunSpec, dist: D.DistInfo, run_dir: Path, start: float) -> None:
+        from metaformer import create_model, profile
+        from metaformer.engine.data import build_data
+
+        self.cfg, self.spec, self.dist, self.run_dir, self.start = cfg, spec, dist, run_dir, start
+        t = cfg.trainer
+        parallel_jobs, self.sweep = _hydra_launcher()
+        _set_threads(cfg, dist, parallel_jobs)
+        _set_determinism(cfg, dist.device)
+
+        random_seed(cfg.seed, 0)  # the same initial weights on every rank
+        self.data = build_data(
+            cfg.data, cfg.get("aug"), t.batch_size, t.get("eval_batch_size") or 2 * t.batch_size, cfg.seed,
+            rank=dist.rank, world_size=dist.world_size, device=dist.device,
+        )  # fmt: skip
+        try:
+            sized = {
+                "num_classes": self.data.num_classes,
+                "in_chans": self.data.in_chans,
+                "img_size": self.data.img_size,
+            }
+            model = create_model(cfg.model.name, **{**sized, **spec.model_kwargs})  # model.* keys win
+        except (ValueError, TypeError) as e:
+            raise ConfigError(" ".join(str(e).split())) from e
+        self.mixers = list(getattr(model, "stage_mixers", spec.mixers))
+        self.identity = {**run_identity(cfg, self.mixers, self.data.name), **git_state()}
+        self.identity.update(profile(model, img_size=self.data.img_size, in_chans=self.data.in_chans))
+
+        self.train_batches = _limit(t.get("limit_train_batches"), len(self.data.train))
+        self.val_batches = t.get("limit_val_batches")
+        if isinstance(self.val_batches, float):
+            self.val_batches = _limit(self.val_batches, len(self.data.val))
+        updates_per_epoch = math.ceil(self.train_batches / t.accumulation)
+        self.global_batch = t.batch_size * dist.world_size * t.accumulation
+        self.lr = _learning_rate(cfg.optim, self.global_batch)
+
+        if t.get("sync_bn") and dist.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(dist.device)
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
+        module = model
+        optimizer = _build_optimizer(module, cfg.optim, self.lr)
+        ema = ModelEmaV3(module, decay=t.ema_decay) if t.get("ema") else None
+        ddp = None
+        if dist.distributed:
+            ddp_ids = [dist.device.index] if dist.device.type == "cuda" else None
+            model = ddp = nn.parallel.DistributedDataParallel(module, device_ids=ddp_ids)
+        if t.compile:
+            model = torch.compile(model)
+        mixup, loss_fn = _loss_fns(cfg.get("aug"), self.data.num_classes)
+        self.step = Stepper(
+            model=model, module=module, optimizer=optimizer, loss_fn=loss_fn, device=dist.device,
+            precision=t.precision, scheduler=_build_scheduler(optimizer, cfg.sched, t.epochs, updates_per_epoch),
+            mixup=mixup, ema=ema, ddp=ddp, accumulation=t.accumulation, grad_clip=t.get("grad_clip"),
+            channels_last=t.channels_last,
+            scaler=torch.amp.GradScaler(dist.device.type) if t.precision == "fp16" else None,
+        )  # fmt: skip
+
+        self.epoch = 0  # epochs completed
+        self.best = {"best_top1": None, "best_top5": None, "best_epoch": None}
+        self.final: dict[str, Any] = {"top1": None, "top5": None, "loss": None}
+        self.wall_before = 0.0  # wall seconds of earlier attempts, when resumed
+        self.train_images, self.train_seconds = 0, 0.0
+        self._resume()
+        self.metrics = MetricsCSV(run_dir, resume_epoch=self.epoch) if dist.is_main else None
+        self.wandb = self._wandb() if dist.is_main and cfg.logger.get("name") == "wandb" else None
+
+    def _wandb(self) -> WandbLogger:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = None
+        if HydraConfig.initialized() and self.sweep:
+            name = f"{self.sweep}/{HydraConfig.get().job.num}"
+        return WandbLogger(self.cfg, self.run_dir, group=self.sweep, name=name)
+
+    def _resume(self) -> None:
+        path = find_resume(self.cfg.get("resume"), self.run_dir)
+        if path is None:
+            if self.cfg.get("resume") is True and self.dist.is_main:
+                log.info("resume=true: no %s in %s yet, starting from scratch", LAST, self.run_dir)
+            return
+        ckpt = load_checkpoint(path)
+        self.step.module.load_state_dict(ckpt["state_dict"])
+        self.step.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.step.scheduler is not None and ckpt.get("scheduler"):
+            self.step.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.step.scaler is not None and ckpt.get("scaler"):
+            self.step.scaler.load_state_dict(ckpt["scaler"])
+        if self.step.ema is not None and ckpt.get("state_dict_ema"):
+            self.step.ema.module.load_state_dict(ckpt["state_dict_ema"])
+        self.epoch, self.step.num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
+        self.best = ckpt["best"]
+        self.final = ckpt.get("final", self.final)
+        self.wall_before = float(ckpt.get("wall_s", 0.0))
+        self.train_images, self.train_seconds = ckpt.get("train_images", 0), ckpt.get("train_seconds", 0.0)
+        source = path.parent
+        copy_history = source.resolve() != self.run_dir and not (self.run_dir / METRICS_FILE).exists()
+        if self.dist.is_main and copy_history and (source / METRICS_FILE).is_file():
+            shutil.copy(source / METRICS_FILE, self.run_dir / METRICS_FILE)
+        if self.dist.is_main:
+            log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def results(self, status: str, **extra: Any) -> dict[str, Any]:
+        """The results.json record as of now."""
+        seconds = self.train_seconds
+        return {
+            "status": status,
+            **self.final,
+            **self.best,
+            "epochs": self.epoch,
+            "train_img_per_s": round(self.train_images / seconds, 1) if seconds else None,
+            "wall_s": round(self.wall_before + time.time() - self.start, 1),
+            **self.identity,
+            "world_size": self.dist.world_size,
+            "global_batch": self.global_batch,
+            "lr": self.lr,
+            "precision": self.cfg.trainer.precision,
+            "threads": torch.get_num_threads(),
+            "run_dir": str(self.run_dir),
+            **extra,
+        }
+
+    def _write(self, status: str, **extra: Any) -> dict[str, Any]:
+        record = self.results(status, **extra)
+        if self.dist.is_main:
+            write_results(self.run_dir, record)
+        return record
+
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining epochs and return the final results record."""
+        t = self.cfg.trainer
+        if self.dist.is_main:
+            self._write("running")
+            log.info(
+                "%s (%s) mixers=%s norm=%s act=%s: %.2fM params, %.3f GMACs on %s (%d train / %d val images), "
+                "device %s x%d, global batch %d, lr %.2e, %s",
+                self.cfg.model.name, self.data.name, self.mixers, self.cfg.norm,
+                self.cfg.act, self.identity["params_m"], self.identity["gmacs"], self.data.name,
+                self.data.num_train, self.data.num_val, self.dist.device.type, self.dist.world_size,
+                self.global_batch, self.lr, t.precision,
+            )  # fmt: skip
+        status, extra = "completed", {}
+        try:
+            while self.epoch < t.epochs:
+                if not self._epoch(self.epoch):
+                    status = "diverged"
+                    log.warning(
+                        "the training loss is NaN/inf in epoch %d: stopping (status diverged)", self.epoch + 1
+                    )
+                    break
+        except Preempted as e:
+            status, extra = "preempted", {"error": f"stopped by {e}"}
+        except KeyboardInterrupt:
+            status, extra = "preempted", {"error": "interrupted (KeyboardInterrupt)"}
+        except Exception as e:
+            self._finish("failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}")
+            raise
+        record = self._finish(status, **extra)
+        if status == "preempted":
+            raise SystemExit(143)
+        return record
+
+    def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
+        record = self._write(status, **extra)
+        self._save_rank_weights()
+        if self.wandb is not None:
+            self.wandb.finish(record)
+        if self.dist.is_main:
+            log.info(
+                "%s: %d epochs, top1 %s (best %s), %s img/s, %.0fs; results in %s",
+                status, record["epochs"], _pct(record["top1"]), _pct(record["best_top1"]),
+                record["train_img_per_s"], record["wall_s"], self.run_dir,
+            )  # fmt: skip
+        return record
+
+    def _epoch(self, epoch: int) -> bool:
+        """Train, evaluate, log and checkpoint one epoch; return False when the loss diverged."""
+        t, s = self.cfg.trainer, self.step
+        _seed_epoch(self.cfg.seed, epoch, self.dist.rank)
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(epoch)
+        stats: EpochStats = train_one_epoch(
+            s, self.data.train, self.train_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
+            log_interval=t.log_interval, show_progress=self.dist.is_main,
+        )  # fmt: skip
+        if stats.diverged:
+            self.final["loss"] = None
+            return False
+        self.epoch = epoch + 1
+        self.train_images += stats.images
+        self.train_seconds += stats.seconds
+        if s.scheduler is not None:
+            s.scheduler.step(self.epoch)
+        lr = s.optimizer.param_groups[0]["lr"]  # at the epoch's last step, as timm's train.py logs it
+        row: dict[str, Any] = {"epoch": self.epoch, "lr": lr, "train_loss": stats.loss}
+        improved = False
+        if self.epoch % t.eval_interval == 0 or self.epoch == t.epochs:
+            metrics, improved = self._evaluate()
+            row.update(metrics)
+        row.update(
+            train_img_per_s=round(stats.img_per_s, 1),
+            epoch_s=round(stats.seconds, 2),
+            wall_s=round(self.wall_before + time.time() - self.start, 1),
+        )
+        if self.dist.is_main:
+            log.info(format_epoch(row, t.epochs))
+            self.metrics.log(row)
+            if self.wandb is not None:
+                self.wandb.log(row)
+            self._checkpoint(improved)
+        return True
+
+    def _evaluate(self) -> tuple[dict[str, Any], bool]:
+        """Evaluate the model (and its EMA); return the metrics and whether top-1 is a new best."""
+        s = self.step
+        show = self.dist.is_main
+        metrics = evaluate(s.module, self.data.val, s, self.val_batches, show_progress=show)
+        if metrics is None:
+            return {}, False
+        if s.ema is not None:
+            ema = evaluate(s.ema.module, self.data.val, s, self.val_batches, show_progress=show)
+            metrics.update({f"{k}_ema": v for k, v in (ema or {}).items()})
+        # With EMA the averaged weights are the model (as in timm's train.py): they decide the best epoch.
+        key = "_ema" if s.ema is not None and "top1_ema" in metrics else ""
+        top1, top5 = metrics[f"top1{key}"], metrics[f"top5{key}"]
+        self.final = {"top1": top1, "top5": top5, "loss": metrics[f"val_loss{key}"]}
+        improved = self.best["best_top1"] is None or top1 > self.best["best_top1"]
+        if improved:
+            self.best = {"best_top1": top1, "best_top5": top5, "best_epoch": self.epoch}
+        return metrics, improved
+
+    def _checkpoint(self, improved: bool) -> None:
+        if not self.cfg.trainer.get("save_checkpoints", True):
+            return
+        s = self.step
+        weights = {
+            "arch": self.cfg.model.name,
+            "epoch": self.epoch,
+            "state_dict": s.module.state_dict(),
+            "state_dict_ema": s.ema.module.state_dict() if s.ema is not None else None,
+            "metric": self.final["top1"],
+            "config": OmegaConf.to_container(self.cfg, resolve=False),
+        }
+        if improved:
+            save_checkpoint(self.run_dir / BEST, weights)
+        save_checkpoint(
+            self.run_dir / LAST,
+            {
+                **weights,
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
+                "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+                "num_updates": s.num_updates,
+                "best": self.best,
+                "final": self.final,
+                "wall_s": self.wall_before + time.time() - self.start,
+                "train_images": self.train_images,
+                "train_seconds": self.train_seconds,
+            },
+        )
+
+    def _save_rank_weights(self) -> None:
+        folder = os.environ.get(RANK_WEIGHTS_ENV)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            torch.save(self.step.module.state_dict(), Path(folder) / f"rank{self.dist.rank}.pt")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,126 @@
+"""The issue's other commands: torchrun on 2 CPU processes, multiruns (basic and joblib launchers), wandb offline,
+and the ImageNet and CIFAR configs on small data sets built here in their real on-disk formats."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli.conftest import QUICK, RUN, cli_env
+
+
+def results_of(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
+    # Each rank saves its final weights into METAFORMER_SAVE_RANK_WEIGHTS; rank 0 alone writes the run folder.
+    weights = tmp_path / "rank_weights"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RUN),
+         *QUICK, "trainer.epochs=2", "hydra.run.dir=run"],
+        cwd=tmp_path, env=cli_env(METAFORMER_SAVE_RANK_WEIGHTS=str(weights)), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(weights / "rank0.pt", weights_only=True)
+    rank1 = torch.load(weights / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(last[k], rank0[k]) for k in rank0)
+
+    written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("results.json")]
+    assert written == ["run/results.json"]
+    assert len(list(tmp_path.rglob("metrics.csv"))) == 1 and len(list(tmp_path.rglob(".hydra"))) == 1
+    res = results_of(tmp_path / "run")
+    assert res["status"] == "completed" and res["world_size"] == 2 and res["global_batch"] == 2 * 16
+    assert res["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_path):
+    proc = run_cli("-m", "mixer=[pool,pool,pool,pool],[pool,pool,attn,attn]", *QUICK, "hydra.sweep.dir=sweep")
+    assert proc.returncode == 0, proc.stderr
+    jobs = {p.parent.name: results_of(p.parent) for p in (tmp_path / "sweep").glob("*/results.json")}
+    assert sorted(jobs) == ["0", "1"]
+    assert jobs["0"]["mixers"] == ["pool"] * 4 and jobs["1"]["mixers"] == ["pool", "pool", "attn", "attn"]
+    assert all(r["status"] == "completed" for r in jobs.values())
+    assert jobs["1"]["params_m"] > jobs["0"]["params_m"]  # attention has weights, pooling has none
+
+
+@pytest.mark.slow
+def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path):
+    proc = run_cli(
+        "-m", "seed=0,1", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = [results_of(tmp_path / "sweep" / str(i)) for i in (0, 1)]
+    assert [r["seed"] for r in jobs] == [0, 1] and all(r["status"] == "completed" for r in jobs)
+    assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in jobs)
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_without_an_api_key(run_cli, tmp_path):
+    env = cli_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wb"), HOME=str(tmp_path))
+    env.pop("WANDB_API_KEY", None)
+    proc = run_cli(*QUICK, "logger=wandb", "hydra.run.dir=run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    # wandb-core keeps an offline run in one protobuf log (run-<id>.wandb) until `wandb sync`; the summary
+    # record carries results.json's keys, which no per-epoch row has.
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    res = results_of(tmp_path / "run")
+    for key in (b"best_top1", b"git_commit", b"params_m", b"mixers"):
+        assert key in log, key
+    assert json.dumps(res["best_top1"]).encode() in log and b'"completed"' in log
+    assert b"mixer_options" in log  # the config
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=2, size=40):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.JPEG", format="JPEG")
+
+
+@pytest.mark.slow
+def test_the_imagenet_command_trains_s12_on_an_image_folder_tree(run_cli, tmp_path):
+    _image_folder(tmp_path / "imagenet")
+    proc = run_cli(
+        "model=poolformer_s12", "data=imagenet", f"data.root={tmp_path / 'imagenet'}", "data.num_classes=null",
+        "data.num_workers=0", "trainer.epochs=1", "trainer.batch_size=2", "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1", "hydra.run.dir=run",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = results_of(tmp_path / "run")
+    assert (res["status"], res["model"], res["data"]) == ("completed", "poolformer_s12", "imagenet")
+    assert round(res["gmacs"], 1) == 1.8  # S12 at 224 px, as in the paper
+    head = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]["head.weight"]
+    assert head.shape[0] == 2  # the classes were found in the folders
+
+
+def test_cifar10_reads_the_python_pickle_layout(run_cli, tmp_path):
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (8, 3072), dtype=np.uint8), "labels": list(range(8))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    proc = run_cli(
+        "data=cifar10", f"data.root={tmp_path / 'cifar'}", "trainer.batch_size=8", "trainer.epochs=1",
+        "hydra.run.dir=run",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = results_of(tmp_path / "run")
+    assert res["status"] == "completed" and res["data"] == "cifar10" and res["epochs"] == 1

@@ -1,0 +1,92 @@
+"""conf/ablation/: one config per row of the paper's Table 5 (plus rows beyond it) that composes, validates,
+builds, and costs what the paper says at the paper's scale."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from metaformer import create_model, profile
+from metaformer.engine.config import validate
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+ROWS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
+
+# PAPER.md, Table 5: label -> (params M, MACs G, top-1) for PoolFormer-S12 on ImageNet-1k.
+TABLE5 = {
+    "baseline": (11.9, 1.8, 77.2),
+    "identity": (11.9, 1.8, 74.3),
+    "global random matrix": (11.9, 3.3, 75.8),
+    "depthwise conv": (11.9, 1.8, 78.1),
+    "pool size 5": (11.9, 1.8, 77.2),
+    "pool size 7": (11.9, 1.8, 77.1),
+    "pool size 9": (11.9, 1.8, 76.8),
+    "LN (channel only)": (11.9, 1.8, 76.5),
+    "BN": (11.9, 1.8, 76.4),
+    "no norm": (11.9, 1.8, 46.1),
+    "ReLU": (11.9, 1.8, 76.4),
+    "SiLU": (11.9, 1.8, 77.2),
+    "no residual connection": (11.9, 1.8, 0.1),
+    "no channel MLP": (2.5, 0.2, 5.7),
+    "[pool, pool, pool, attn]": (14.0, 1.9, 78.3),
+    "[pool, pool, attn, attn]": (16.5, 2.5, 81.0),
+    "[pool, pool, pool, spatial FC]": (11.9, 1.8, 77.5),
+    "[pool, pool, spatial FC, spatial FC]": (12.2, 1.9, 77.9),
+}
+BEYOND = {"fft", "fnet", "sepconv", "attn", "mlp"}
+
+
+def compose_row(row: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"+ablation={row}", *overrides])
+
+
+def test_every_paper_row_and_the_extra_mixers_are_there():
+    labels = {compose_row(row).ablation.label for row in ROWS}
+    assert set(TABLE5) <= labels
+    extra_mixers = {compose_row(row).mixer for row in ROWS if compose_row(row).ablation.paper_top1 is None}
+    assert extra_mixers == BEYOND
+    assert len(labels) == len(ROWS)  # labels are unique: they identify rows in the table
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row):
+    cfg = compose_row(row)
+    assert cfg.ablation.name == row
+    paper = TABLE5.get(cfg.ablation.label)
+    assert cfg.ablation.paper_top1 == (paper[2] if paper else None)
+    spec = validate(cfg)
+    model = create_model(cfg.model.name, **spec.model_kwargs)  # the CPU preset: 28 px, 1 channel, 10 classes
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.arange(4))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if not r.startswith("mixer_") or r in {
+    "mixer_identity", "mixer_random", "mixer_dwconv"}])
+def test_row_costs_what_the_paper_says_at_s12(row):
+    cfg = compose_row(row, "model=poolformer_s12")
+    if cfg.ablation.label not in TABLE5:
+        pytest.skip("not a paper row")
+    params_m, gmacs, _ = TABLE5[cfg.ablation.label]
+    stats = profile(create_model("poolformer_s12", **validate(cfg).model_kwargs))
+    assert (round(stats["params_m"], 1), round(stats["gmacs"], 1)) == (params_m, gmacs)
+
+
+def test_rows_compose_with_other_overrides():
+    cfg = compose_row("norm_bn", "seed=3", "trainer.epochs=1", "data=synthetic")
+    assert (cfg.norm, cfg.seed, cfg.trainer.epochs, cfg.data.name) == ("bn", 3, 1, "synthetic")
+
+
+@pytest.mark.parametrize("experiment", ["mini", "paper"])
+def test_experiments_compose_with_every_row(experiment):
+    for row in ROWS:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"+experiment={experiment}", f"+ablation={row}"])
+        assert cfg.ablation.name == row
+    assert cfg.model.name == {"mini": "poolformer_cpu", "paper": "poolformer_s12"}[experiment]
+    if experiment == "paper":
+        assert (cfg.trainer.epochs, cfg.optim.weight_decay, cfg.sched.warmup_epochs) == (300, 0.05, 5)
+        assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
+        assert cfg.aug.randaugment.startswith("rand-m9")
