@@ -6,8 +6,7 @@ The cases run as concurrent subprocesses (each pays for importing torch), then e
 import subprocess
 
 import pytest
-
-from tests.cli.conftest import cli_env, command
+from cli_helpers import cli_env, command
 
 CASES = {
     "unknown mixer": (["mixer=poool"], 2, "unknown mixer 'poool'; choose from: attn, dwconv"),

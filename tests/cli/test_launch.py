@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_helpers import QUICK, RUN, cli_env
 from PIL import Image
-
-from tests.cli.conftest import QUICK, RUN, cli_env
 
 
 def results_of(folder):
@@ -57,9 +56,12 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_
 
 @pytest.mark.slow
 def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path):
+    env = cli_env()
+    env.pop("METAFORMER_THREADS")  # let the launcher decide
     proc = run_cli(
-        "-m", "seed=0,1", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"
-    )
+        "-m", "seed=0,1", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
+        env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     jobs = [results_of(tmp_path / "sweep" / str(i)) for i in (0, 1)]
     assert [r["seed"] for r in jobs] == [0, 1] and all(r["status"] == "completed" for r in jobs)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 import torch
+from cli_helpers import QUICK, cli_env, command
 
 from metaformer.engine.results import RESULT_KEYS
-from tests.cli.conftest import QUICK, cli_env, command
 
 
 def results_of(folder):
