@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data train test lint format clean
+.PHONY: setup data train test lint format clean mini
 
 setup: $(VENV)/.installed
 
@@ -37,3 +37,6 @@ format: setup
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+mini: setup data
+	PY=$(PY) bash experiments/mini.sh $(ARGS)

@@ -58,6 +58,8 @@ def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row):
     assert cfg.ablation.paper_top1 == (paper[2] if paper else None)
     spec = validate(cfg)
     model = create_model(cfg.model.name, **spec.model_kwargs)  # the CPU preset: 28 px, 1 channel, 10 classes
+    if row.startswith("pool_size_"):
+        assert model.stages[0].blocks[0].token_mixer.pool.kernel_size == int(row.rsplit("_", 1)[1])
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.arange(4))
     loss.backward()
     assert torch.isfinite(loss)
