@@ -191,6 +191,7 @@ def _finish(runs: pd.DataFrame) -> pd.DataFrame:
         runs[column] = pd.to_numeric(runs[column], errors="coerce")
     runs["overrides"] = runs["overrides"].fillna("").astype(str)
     runs["status"] = runs["status"].fillna("unknown").astype(str)
+    runs["problem"] = runs["problem"].astype(object)  # all-empty in a CSV of clean runs: read as float
     # A run without results.json has no label, data or model; a sibling with the same overrides has them.
     labelled = runs.dropna(subset=["label"]).drop_duplicates("overrides").set_index("overrides")
     missing = runs["label"].isna() & runs["overrides"].isin(labelled.index)

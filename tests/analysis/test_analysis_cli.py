@@ -124,3 +124,23 @@ def test_python_dash_m_analysis(multirun):
     assert missing.stderr.strip() == (
         "error: no/such/dir: no such file or folder; give a run folder, a multirun folder or a runs CSV"
     )
+
+
+def test_runs_csv_of_a_clean_sweep_reads_back(tmp_path, capsys):
+    """All runs completed: runs.csv's `problem` column is empty, which pandas reads as float."""
+    from conftest import write_run
+
+    for job, (seed, top1) in enumerate([(0, 80.0), (1, 82.0)]):
+        results = {
+            "status": "completed",
+            "top1": top1,
+            "seed": seed,
+            "label": "baseline",
+            "data": "d",
+            "model": "m",
+        }
+        write_run(tmp_path / "sweep" / str(job), [f"seed={seed}"], results)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main([str(tmp_path / "r" / "runs.csv")]) == 0
+    assert "81.00 ± 1.41" in capsys.readouterr().out

@@ -65,8 +65,14 @@ def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if not r.startswith("mixer_") or r in {
-    "mixer_identity", "mixer_random", "mixer_dwconv"}])
+@pytest.mark.parametrize(
+    "row",
+    [
+        r
+        for r in ROWS
+        if not r.startswith("mixer_") or r in {"mixer_identity", "mixer_random", "mixer_dwconv"}
+    ],
+)
 def test_row_costs_what_the_paper_says_at_s12(row):
     cfg = compose_row(row, "model=poolformer_s12")
     if cfg.ablation.label not in TABLE5:
@@ -90,5 +96,10 @@ def test_experiments_compose_with_every_row(experiment):
     assert cfg.model.name == {"mini": "poolformer_cpu", "paper": "poolformer_s12"}[experiment]
     if experiment == "paper":
         assert (cfg.trainer.epochs, cfg.optim.weight_decay, cfg.sched.warmup_epochs) == (300, 0.05, 5)
-        assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
+        assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (
+            0.8,
+            1.0,
+            0.1,
+            0.25,
+        )
         assert cfg.aug.randaugment.startswith("rand-m9")
