@@ -126,10 +126,8 @@ def test_python_dash_m_analysis(multirun):
     )
 
 
-def test_runs_csv_of_a_clean_sweep_reads_back(tmp_path, capsys):
+def test_runs_csv_of_a_clean_sweep_reads_back(tmp_path, capsys, make_run):
     """All runs completed: runs.csv's `problem` column is empty, which pandas reads as float."""
-    from conftest import write_run
-
     for job, (seed, top1) in enumerate([(0, 80.0), (1, 82.0)]):
         results = {
             "status": "completed",
@@ -139,7 +137,7 @@ def test_runs_csv_of_a_clean_sweep_reads_back(tmp_path, capsys):
             "data": "d",
             "model": "m",
         }
-        write_run(tmp_path / "sweep" / str(job), [f"seed={seed}"], results)
+        make_run(tmp_path / "sweep" / str(job), [f"seed={seed}"], results)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "r")]) == 0
     capsys.readouterr()
     assert main([str(tmp_path / "r" / "runs.csv")]) == 0
