@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from timm.layers import LayerNorm2d
-from timm.models.metaformer import LayerNorm2dNoBias
+from timm.models.metaformer import GroupNorm1NoBias, LayerNorm2dNoBias
 from torch import nn
 
 from mixers.registry import Registry
@@ -34,7 +34,9 @@ def build_norm(name: str | Callable[..., nn.Module], dim: int) -> nn.Module:
 
 
 register_norm("gn", lambda dim: nn.GroupNorm(1, dim))
-register_norm("gn_nobias", lambda dim: nn.GroupNorm(1, dim, bias=False))
+register_norm(
+    "gn_nobias", lambda dim: GroupNorm1NoBias(dim, eps=1e-5)
+)  # nn.GroupNorm has no bias= before torch 2.12
 register_norm("ln", lambda dim: LayerNorm2d(dim, eps=1e-5))
 register_norm("ln_nobias", lambda dim: LayerNorm2dNoBias(dim, eps=1e-5))
 register_norm("bn", nn.BatchNorm2d)

@@ -27,7 +27,8 @@ class GlobalFilter(ResolutionBound):
         self.check(x)
         h, w = self.resolution
         spec = torch.fft.rfft2(x.float(), dim=(-2, -1), norm="ortho")
-        spec = spec * torch.view_as_complex(self.complex_weight.float())
+        # contiguous(): model.to(memory_format=torch.channels_last) also restrides this 4-D parameter
+        spec = spec * torch.view_as_complex(self.complex_weight.float().contiguous())
         return torch.fft.irfft2(spec, s=(h, w), dim=(-2, -1), norm="ortho").to(x.dtype)
 
 

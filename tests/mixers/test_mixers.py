@@ -20,6 +20,17 @@ def test_mixer_keeps_shape_and_backpropagates(name):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("name", sorted(list_mixers()))
+def test_mixer_runs_in_channels_last_memory_with_the_same_result(name):
+    torch.manual_seed(0)
+    m = build_mixer(name, 32, resolution=RES)
+    x = torch.randn(2, 32, *RES)
+    expected = m(x)
+    m.to(memory_format=torch.channels_last)  # what the fast path and trainer.channels_last do
+    y = m(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(y, expected, atol=1e-5)
+
+
 def test_pool_is_average_minus_input_without_counting_padding():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     y = build_mixer("pool", 1)(x)
