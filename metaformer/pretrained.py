@@ -9,10 +9,12 @@ the stage features are identical and the logits differ slightly.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,16 +31,50 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a .safetensors file or a torch checkpoint (weights only), unwrapping it."""
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a torch checkpoint onto the CPU with `weights_only=True`; raise one line if it is unsafe or unreadable.
+
+    A file that needs more than containers, numbers, strings and tensors (a pickle that would import a class or
+    call a function, e.g. to run code) is refused before anything in it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"refusing to load {path}: not a weights-only checkpoint, it asks to build objects that could run "
+            f"code ({_unpickling_reason(e)}); if you trust its source, convert it with "
+            f"torch.load(path, weights_only=False) yourself and save its tensors"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(
+            f"cannot read the checkpoint {path}: {_first_sentence(e)} (truncated or corrupt?)"
+        ) from e
+
+
+def _unpickling_reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+    return (reason or (lines[-1] if lines else type(error).__name__)).rstrip(".")
+
+
+def _first_sentence(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a .safetensors file or a torch checkpoint (weights only), unwrapping it."""
+    path = Path(path)
     if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    return unwrap(read_checkpoint(path))
 
 
 def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:

@@ -1,15 +1,27 @@
 """The files a run folder holds: results.json (atomic, strict JSON, contract keys first), metrics.csv across
-resumes, checkpoints in timm's layout, and where `resume` looks."""
+resumes, checkpoints in timm's layout (written atomically, read weights-only, checked against the model), and
+where `resume` looks."""
 
 import json
 import math
+import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from timm.models import load_checkpoint
 
-from metaformer import create_model
-from metaformer.engine.checkpoint import find_resume, save_checkpoint
+from metaformer import create_model, load_pretrained
+from metaformer.engine import checkpoint
+from metaformer.engine.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    find_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from metaformer.engine.loggers import MetricsCSV, wandb_mode
 from metaformer.engine.results import RESULT_KEYS, read_results, write_results
 
@@ -76,3 +88,91 @@ def test_wandb_runs_offline_without_a_key_and_honours_wandb_mode(
         else:
             monkeypatch.setenv(name, value)
     assert wandb_mode(configured) == expected
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_readable(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"state_dict": {"w": torch.ones(3)}, "epoch": 1})
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+
+    def dies_halfway(obj, f):  # the process is killed while the file is being written
+        f.write(b"PK\x03\x04 half a zip archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"state_dict": {"w": torch.zeros(3)}, "epoch": 2})
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1 and torch.equal(
+        checkpoint.load_checkpoint(path)["state_dict"]["w"], torch.ones(3)
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    save_checkpoint(path, {"state_dict": {"w": torch.zeros(3)}, "epoch": 2})
+    assert synced and checkpoint.load_checkpoint(path)["epoch"] == 2  # flushed to disk before the rename
+
+
+class RunsCode:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": RunsCode(marker)}, path)
+    with pytest.raises(
+        CheckpointError, match=r"^refusing to load .*evil.pt: not a weights-only checkpoint"
+    ) as e:
+        checkpoint.load_checkpoint(path)
+    assert "\n" not in str(e.value) and "exec" in str(e.value) and e.value.exit_code == 1
+    with pytest.raises(ValueError, match="not a weights-only checkpoint"):
+        load_pretrained(create_model("poolformer_cpu"), path)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_reported_in_one_line(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"state_dict": create_model("poolformer_cpu").state_dict()})
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(
+        CheckpointError, match=r"cannot read the checkpoint .*last.pt: .*\(truncated or corrupt\?\)"
+    ):
+        checkpoint.load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_keys_named(tmp_path):
+    pool = create_model("poolformer_cpu").state_dict()
+    attn = create_model("poolformer_cpu", mixer=["pool", "pool", "pool", "attn"], num_classes=7).state_dict()
+    check_state_dict(pool, pool, "same.pt")
+    with pytest.raises(CheckpointError) as e:
+        check_state_dict(pool, attn, "other.pt", {"model": {"name": "poolformer_cpu"}, "mixer": "attn"})
+    message = str(e.value)
+    assert message.startswith("other.pt does not match the configured model (it was trained with ")
+    assert "unexpected keys [stages.3.blocks.0.token_mixer.qkv.weight" in message
+    assert "head.weight (7, 192) vs (10, 192)" in message and e.value.exit_code == 2
+    with pytest.raises(
+        CheckpointError, match=r"keys missing from it \[stages.3.blocks.0.token_mixer.qkv.weight"
+    ):
+        check_state_dict(attn, pool, "other.pt")
+
+
+def test_random_generator_states_survive_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    save_checkpoint(tmp_path / "rng.pt", {"state_dict": {}, "rng": [rng_state()]})
+    expected = (torch.rand(3), np.random.standard_normal(3), random.random())
+    torch.manual_seed(2), np.random.seed(2), random.seed(2)
+    set_rng_state(checkpoint.load_checkpoint(tmp_path / "rng.pt")["rng"][0])
+    drawn = (torch.rand(3), np.random.standard_normal(3), random.random())
+    assert (
+        torch.equal(drawn[0], expected[0])
+        and np.array_equal(drawn[1], expected[1])
+        and drawn[2] == expected[2]
+    )
