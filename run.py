@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metaformer.engine import ConfigError, train
-from metaformer.engine.config import check_launcher, fail, report
+from metaformer.engine.config import check_argv, fail, report
 from metaformer.engine.distributed import worker_overrides
 
 
@@ -32,6 +32,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_launcher(sys.argv[1:])
+    check_argv(sys.argv[1:])
     sys.argv += worker_overrides()
     main()

@@ -1,17 +1,21 @@
 """Checks on a composed run config, made before any data is loaded or any folder is written.
 
 `validate` looks at what a typo or a wrong guess produces (an unknown mixer/norm/act, a mixer list of the wrong
-length, a non-positive epoch count, a missing data root, a resume path that is not there) and raises `ConfigError`
-with one line saying what was wrong and what would be right. run.py prints that line and exits non-zero, instead
-of a traceback. Two checks must happen before Hydra itself acts, so they live here too: `PreflightCallback` makes
-sure the output folder can be written before Hydra creates it, and `check_launcher` names the pip package of a
-launcher plugin that is not installed.
+length, an option a mixer does not take, a non-positive epoch count or batch size, a missing or truncated data
+file, a resume path that is not there) and raises `ConfigError` with one line saying what was wrong and what
+would be right. run.py prints that line and exits non-zero, instead of a traceback. Some checks must happen
+before Hydra itself acts, so they live here too: `check_argv` catches an unknown config-group option (model=,
+data=, ...), a mixer option the config does not have and a launcher plugin that is not installed, which Hydra
+would report in several lines; `PreflightCallback` makes sure the output folder can be written before Hydra
+creates it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,13 @@ from metaformer.engine.loop import PRECISIONS
 
 # Keys of the `model` node that are ours, not create_model keywords.
 MODEL_META_KEYS = ("name",)
+# create_model keywords that take one value or one per stage (`depths` sets the number of stages).
+PER_STAGE_MODEL_KEYS = (
+    "dims", "mlp_ratios", "layer_scale_init", "res_scale_init", "pos_embed", "residual", "channel_mlp",
+)  # fmt: skip
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Parameters a mixer receives from the model, not from mixer_options.
+MIXER_BUILT_IN = ("self", "dim", "resolution")
 
 # Launcher plugins a user may ask for, and the package that provides each.
 LAUNCHER_PLUGINS = {
@@ -58,17 +69,29 @@ def _choices(names: list[str]) -> str:
 
 def stage_mixers(mixer: Any, num_stages: int) -> list[str]:
     """The per-stage list of mixer names: one name for every stage, or a list checked for its length."""
-    if isinstance(mixer, str):
-        return [mixer] * num_stages
-    if isinstance(mixer, (list, tuple, ListConfig)):
-        names = [str(m) for m in mixer]
-        if len(names) != num_stages:
-            raise ConfigError(
-                f"mixer={_fmt_list(names)} has {len(names)} entries but the model has {num_stages} stages; "
-                f"give one mixer for all stages (mixer=pool) or exactly {num_stages} (mixer=[pool,pool,attn,attn])"
-            )
+    return stage_names("mixer", mixer, num_stages, "pool", "[pool,pool,attn,attn]")
+
+
+def stage_names(key: str, value: Any, num_stages: int, one: str, four: str) -> list[str]:
+    """The per-stage list of names for `key` (mixer, norm, act): one name for every stage, or a list of the
+    right length; `one` and `four` (for four stages) are examples for the error message."""
+    if isinstance(value, str):
+        return [value] * num_stages
+    if isinstance(value, (list, tuple, ListConfig)):
+        names = [str(m) for m in value]
+        example = f" ({key}={four})" if num_stages == 4 else ""
+        _check_length(key, names, num_stages, f"give one {key} for all stages ({key}={one}) or exactly "
+                      f"{num_stages}{example}")  # fmt: skip
         return names
-    raise ConfigError(f"mixer must be a name or a list of {num_stages} names, got {mixer!r}")
+    raise ConfigError(f"{key} must be a name or a list of {num_stages} names, got {value!r}")
+
+
+def _check_length(key: str, values: list, num_stages: int, hint: str) -> None:
+    if len(values) != num_stages:
+        raise ConfigError(
+            f"{key}={_fmt_list([str(v) for v in values])} has {len(values)} entries but the model has "
+            f"{num_stages} stages; {hint}"
+        )
 
 
 def _fmt_list(names: list[str]) -> str:
@@ -106,7 +129,8 @@ def model_kwargs(cfg: DictConfig, mixers: list[str]) -> dict[str, Any]:
     assert isinstance(options, dict)
     used = {name: dict(opts) for name, opts in options.items() if name in mixers and opts}
     mixer = mixers[0] if len(set(mixers)) == 1 and isinstance(cfg.mixer, str) else list(mixers)
-    return {"mixer": mixer, "norm": cfg.norm, "act": cfg.act, "mixer_options": used, **extra}
+    norm, act = (v if isinstance(v, str) else list(v) for v in (cfg.norm, cfg.act))
+    return {"mixer": mixer, "norm": norm, "act": act, "mixer_options": used, **extra}
 
 
 def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
@@ -116,25 +140,71 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     from mixers import list_mixers
 
     _check_name("model", cfg.model.get("name"), list_models())
-    mixers = stage_mixers(cfg.mixer, num_stages(cfg))
+    stages = num_stages(cfg)
+    mixers = stage_mixers(cfg.mixer, stages)
     for name in mixers:
         _check_name("mixer", name, list_mixers())
-    _check_name("norm", cfg.norm, list_norms())
-    _check_name("act", cfg.act, list_acts())
+    for name in stage_names("norm", cfg.norm, stages, "gn", "[gn,gn,ln,ln]"):
+        _check_name("norm", name, list_norms())
+    for name in stage_names("act", cfg.act, stages, "gelu", "[gelu,gelu,relu,relu]"):
+        _check_name("act", name, list_acts())
+    for key in PER_STAGE_MODEL_KEYS:
+        value = cfg.model.get(key)
+        if isinstance(value, ListConfig):
+            _check_length(
+                f"model.{key}", list(value), stages, f"give one value for all stages or exactly {stages}"
+            )
     _check_trainer(cfg.trainer)
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
     if cfg.logger.get("name") == "wandb" and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger=wandb needs wandb: pip install wandb", exit_code=1)
+    kwargs = model_kwargs(cfg, mixers)
+    for name, options in kwargs["mixer_options"].items():
+        check_mixer_options(name, list(options))
     try:
         check_data(cfg.data)
-    except FileNotFoundError as e:
+    except OSError as e:  # missing, truncated or corrupt files
         raise ConfigError(_one_line(e), exit_code=1) from e
     except ValueError as e:
         raise ConfigError(_one_line(e)) from e
     if run_dir is not None:
         check_writable(run_dir)
-    return RunSpec(mixers=mixers, model_kwargs=model_kwargs(cfg, mixers))
+    return RunSpec(mixers=mixers, model_kwargs=kwargs)
+
+
+def mixer_options_of(name: str) -> list[str] | None:
+    """The options registered mixer `name` takes (its keyword parameters), or None if it takes any (**kwargs)
+    or is not registered."""
+    from mixers import MIXERS
+
+    if name not in MIXERS:
+        return None
+    builder = MIXERS.get(name)
+    try:
+        params = inspect.signature(builder.__init__ if inspect.isclass(builder) else builder).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [
+        n
+        for n, p in params.items()
+        if n not in MIXER_BUILT_IN and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+
+
+def check_mixer_options(name: str, options: list[str]) -> None:
+    """Raise ConfigError if registered mixer `name` does not take one of `options`."""
+    accepted = mixer_options_of(name)
+    if accepted is None:
+        return
+    for option in options:
+        if option not in accepted:
+            takes = f"its options: {_choices(accepted)}" if accepted else "it takes no options"
+            raise ConfigError(
+                f"mixer '{name}' has no option '{option}' (mixer_options.{name}.{option}); {takes}"
+            )
 
 
 def _one_line(e: BaseException) -> str:
@@ -242,3 +312,51 @@ def check_launcher(argv: list[str]) -> None:
             module, package = LAUNCHER_PLUGINS[value]
             if importlib.util.find_spec(module) is None:
                 fail(f"hydra/launcher={value} needs the {package} plugin: pip install {package}", exit_code=1)
+
+
+def check_argv(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Exit with one line when argv names something Hydra would refuse in several: a launcher plugin that is not
+    installed, an option of a config group (model=, data=, ...) that has no file in conf/, or an option under
+    mixer_options that the config does not have."""
+    check_launcher(argv)
+    try:
+        check_overrides(argv, conf_dir)
+    except ConfigError as e:
+        fail(str(e), e.exit_code)
+
+
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Raise ConfigError for a `group=option` or `mixer_options.M.OPT=...` override Hydra cannot apply."""
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp")) for a in argv):
+        return  # configs from elsewhere: let Hydra judge
+    groups = {d.name for d in conf_dir.iterdir() if d.is_dir()}
+    defaults = OmegaConf.load(conf_dir / "config.yaml").get("mixer_options") or {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        plain = key.lstrip("+")
+        if key.startswith("~") or "(" in value or "$" in value:  # deletions, sweep functions, interpolations
+            continue
+        if plain in groups:
+            for option in (v.strip().strip("'\"") for v in value.split(",")):
+                if option and option != "null" and not (conf_dir / plain / f"{option}.yaml").is_file():
+                    names = sorted(p.stem for p in (conf_dir / plain).glob("*.yaml"))
+                    raise ConfigError(f"unknown {plain} '{option}'; choose from: {_choices(names)}")
+        match = re.fullmatch(r"mixer_options\.([^.]+)\.([^.]+)", key)  # no '+': Hydra needs the key to exist
+        if match and match.group(2) not in (defaults.get(match.group(1)) or {}):
+            _missing_mixer_option(match.group(1), match.group(2), value)
+
+
+def _missing_mixer_option(name: str, option: str, value: str) -> None:
+    from mixers import list_mixers
+
+    if name not in list_mixers():
+        raise ConfigError(
+            f"unknown mixer '{name}' in mixer_options.{name}.{option}; registered: {_choices(list_mixers())} "
+            f"(a mixer of your own takes +mixer_options.{name}.{option}={value})"
+        )
+    check_mixer_options(name, [option])
+    raise ConfigError(
+        f"mixer_options.{name}.{option} is not in the config; add it with +mixer_options.{name}.{option}={value}"
+    )

@@ -47,8 +47,8 @@ def run_identity(cfg: DictConfig, mixers: Any, data_name: str | None) -> dict[st
     ablation = cfg.get("ablation") or {}
     return {
         "mixers": [mixers] if isinstance(mixers, str) else [str(m) for m in mixers],
-        "norm": cfg.norm,
-        "act": cfg.act,
+        "norm": _name_or_names(cfg.norm),  # one name, or one per stage
+        "act": _name_or_names(cfg.act),
         "seed": cfg.seed,
         "model": cfg.model.name,
         "data": data_name,
@@ -57,6 +57,10 @@ def run_identity(cfg: DictConfig, mixers: Any, data_name: str | None) -> dict[st
         "group": ablation.get("group"),
         "paper_top1": ablation.get("paper_top1"),
     }
+
+
+def _name_or_names(value: Any) -> str | list[str]:
+    return value if isinstance(value, str) else [str(v) for v in value]
 
 
 def _finite(value: Any) -> Any:

@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from torch import nn
 
 from metaformer import list_models
 from metaformer.engine import ConfigError, validate
-from metaformer.engine.config import check_writable, model_kwargs
+from metaformer.engine.config import check_mixer_options, check_overrides, check_writable, model_kwargs
+from metaformer.engine.results import read_results, run_identity, write_results
+from mixers import register_mixer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -25,7 +28,7 @@ def test_the_main_job_is_the_cpu_preset_on_fashion_mnist_with_its_short_recipe()
     assert cfg.aug.hflip == 0 and cfg.aug.mixup == 0  # aug=none: see conf/recipe/fashion_mnist.yaml
     assert cfg_of("aug=light").aug.hflip > 0
     assert (cfg.optim.opt, cfg.optim.weight_decay, cfg.sched.sched) == ("adamw", 0.05, "cosine")
-    assert cfg.logger.name == "csv" and cfg.resume is False
+    assert cfg.logger.name == "csv" and cfg.resume is True
 
 
 def test_every_preset_has_a_model_config_with_its_drop_path():
@@ -137,3 +140,48 @@ def test_the_mixer_options_in_conf_are_the_mixers_own_keyword_defaults():
     assert validate(cfg_of("mixer=sepconv", "mixer_options.sepconv.kernel_size=5")).model_kwargs[
         "mixer_options"
     ] == {"sepconv": {"expansion_ratio": 2.0, "kernel_size": 5, "act": "gelu", "bias": False}}
+
+
+def test_overrides_hydra_would_refuse_in_many_lines_are_caught_in_one():
+    fine = ["-m", "model=poolformer_s12,poolformer_s24", "data=synthetic", "seed=0,1", "+ablation=glob(*)",
+            "+ablation=norm_bn", "mixer_options.pool.pool_size=5", "+mixer_options.pool.kernel_size=3",
+            "hydra/launcher=basic", "hydra.run.dir=x", "~logger"]  # fmt: skip
+    check_overrides(fine)
+    with pytest.raises(ConfigError, match="^unknown optim 'adam'; choose from: adamw, sgd$"):
+        check_overrides(["optim=adam"])
+    with pytest.raises(ConfigError, match="^unknown ablation 'norm_gn'; choose from: act_relu, act_silu"):
+        check_overrides(["+ablation=norm_gn"])
+    with pytest.raises(ConfigError, match="^mixer 'random' has no option 'size' .*; it takes no options$"):
+        check_overrides(["mixer_options.random.size=3"])
+    check_overrides(
+        ["optim=adam", "hydra.searchpath=[file:///my/conf]"]
+    )  # configs from elsewhere: Hydra judges
+
+    @register_mixer("test_gated", override=True)
+    class Gated(nn.Module):
+        def __init__(self, dim: int, kernel_size: int = 3) -> None:
+            super().__init__()
+
+    with pytest.raises(ConfigError, match=r"add it with \+mixer_options.test_gated.kernel_size=5$"):
+        check_overrides(["mixer_options.test_gated.kernel_size=5"])
+    check_mixer_options("test_gated", ["kernel_size"])
+    with pytest.raises(
+        ConfigError, match="^mixer 'test_gated' has no option 'kernel'.*; its options: kernel_size$"
+    ):
+        check_mixer_options("test_gated", ["kernel"])
+
+
+def test_norm_and_act_take_one_name_per_stage_too(tmp_path):
+    cfg = cfg_of("norm=[gn,gn,bn,bn]", "act=[gelu,gelu,relu,relu]", "data=synthetic")
+    kw = validate(cfg).model_kwargs
+    assert kw["norm"] == ["gn", "gn", "bn", "bn"] and kw["act"] == ["gelu", "gelu", "relu", "relu"]
+    write_results(tmp_path, run_identity(cfg, ["pool"] * 4, "synthetic"))  # plain lists in results.json
+    assert read_results(tmp_path)["norm"] == ["gn", "gn", "bn", "bn"]
+    with pytest.raises(
+        ConfigError, match=r"^act=\[gelu,relu\] has 2 entries but the model has 4 stages; give one"
+    ):
+        validate(cfg_of("act=[gelu,relu]", "data=synthetic"))
+    with pytest.raises(
+        ConfigError, match=r"^model.residual=\[True,False\] has 2 entries but the model has 4"
+    ):
+        validate(cfg_of("+model.residual=[true,false]", "data=synthetic"))

@@ -475,3 +475,27 @@ def test_loader_argument_errors():
         build_data(cfg, None, 2, 2, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="aug.hflip is a probability"):
         build_data(cfg, {"hflip": 2}, 2, 2, seed=0)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_a_truncated_fashion_mnist_file_is_named_by_the_check_and_the_reader(tmp_path, gz):
+    write_fake_fashion(tmp_path, gz=gz)
+    name = FMNIST_NAMES[0] + (".gz" if gz else "")
+    whole = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(whole[: len(whole) - 50])
+    cfg = data_cfg("fashion_mnist", root=str(tmp_path))
+    with pytest.raises(ds.DataFileError, match=rf"^{tmp_path / name} is truncated or corrupt"):
+        check_data(cfg)
+    with pytest.raises(ds.DataFileError, match=rf"^{tmp_path / name} is truncated or corrupt"):
+        ds.read_idx(tmp_path / name)
+    (tmp_path / name).write_bytes(b"XX" + whole[2:])  # not gzip, not IDX
+    with pytest.raises(ds.DataFileError, match=str(tmp_path / name)):
+        check_data(cfg)
+
+
+def test_a_corrupt_cifar_batch_is_named(tmp_path):
+    write_fake_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(ds.DataFileError, match=rf"^{batch} is truncated or corrupt"):
+        build_data(data_cfg("cifar10", root=str(tmp_path)), None, 4, 4, 0)

@@ -6,14 +6,17 @@ without reading the images, so the CLI can fail before training; each error says
 to get the data. Fashion-MNIST's gzipped IDX files are parsed here (a few lines of numpy) because torchvision's
 IDX reader only opens uncompressed files; CIFAR's pickle batches are read here, with torchvision's file lists,
 because torchvision's `CIFAR10` refuses any file whose md5 differs from the official archive (a re-packed or test
-copy), and is used only to download.
+copy), and is used only to download. A file that is there but truncated or corrupt raises `DataFileError` naming
+it; the Fashion-MNIST check finds a truncated IDX or gzip file from its header and size, without reading it.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,10 @@ FASHION_MNIST_FILES = {
 }
 CIFAR_CLASSES = {"cifar10": tv_datasets.CIFAR10, "cifar100": tv_datasets.CIFAR100}
 IMAGE_EXTENSIONS = tuple(ext.lower() for ext in tv_datasets.folder.IMG_EXTENSIONS)
+
+
+class DataFileError(OSError):
+    """A data file that exists but cannot be read as its format says: truncated, corrupt or of another format."""
 
 
 @dataclass
@@ -68,15 +75,57 @@ class TensorSplits:
 # Fashion-MNIST -------------------------------------------------------------------------------------------------
 
 
+REFETCH = "re-fetch the data set (apt-get install --reinstall dataset-fashion-mnist, or copy the files again)"
+
+
+def _open_idx(path: Path):
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+
+
+def _idx_shape(path: Path, head: bytes) -> tuple[int, ...]:
+    """The shape an IDX header promises; raise DataFileError if `head` is not a uint8 IDX header."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08 or len(head) < 4 + 4 * head[3]:
+        raise DataFileError(f"{path} is not a uint8 IDX file (header {head[:4].hex() or 'empty'}); {REFETCH}")
+    ndim = head[3]
+    return struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Return the uint8 array stored in an IDX file, gzipped (.gz) or not: images (N, H, W) or labels (N,)."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
-        raise ValueError(f"{path} is not a uint8 IDX file (header {data[:4].hex()}); re-fetch the data set")
-    ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        with _open_idx(path) as f:
+            data = f.read()
+    except (EOFError, zlib.error, OSError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path} is truncated or corrupt ({_one_line(e)}); {REFETCH}") from e
+    shape = _idx_shape(path, data[:64])
+    offset = 4 + 4 * len(shape)
+    if len(data) != offset + math.prod(shape):
+        raise DataFileError(
+            f"{path} is truncated or corrupt: its header promises {'x'.join(map(str, shape))} bytes of data, "
+            f"it holds {len(data) - offset}; {REFETCH}"
+        )
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+
+
+def check_idx(path: Path) -> None:
+    """Raise DataFileError unless `path` looks whole: its header, and its size (a .gz file's recorded size)
+    match. Reads a few bytes; a .gz file whose recorded size disagrees is read in full to be sure."""
+    try:
+        with _open_idx(path) as f:
+            head = f.read(64)
+    except (EOFError, zlib.error, OSError) as e:
+        raise DataFileError(f"{path} is truncated or corrupt ({_one_line(e)}); {REFETCH}") from e
+    shape = _idx_shape(path, head)
+    size = 4 + 4 * len(shape) + math.prod(shape)
+    if path.suffix != ".gz":
+        if path.stat().st_size != size:
+            read_idx(path)  # raises with the sizes
+        return
+    with open(path, "rb") as f:  # gzip ends with the uncompressed size modulo 2**32
+        f.seek(-4, 2)
+        recorded = struct.unpack("<I", f.read(4))[0]
+    if recorded != size % 2**32:
+        read_idx(path)  # raises unless the file is whole after all (e.g. several gzip members)
 
 
 def locate_fashion_mnist(root: Path) -> dict[str, Path] | None:
@@ -105,9 +154,13 @@ def _fashion_missing(cfg: DictConfig) -> str:
 
 
 def check_fashion_mnist(cfg: DictConfig) -> None:
-    """Raise FileNotFoundError unless the IDX files are found or data.download is set."""
-    if not cfg.download and not any(locate_fashion_mnist(r) for r in _fashion_roots(cfg)):
+    """Raise FileNotFoundError unless the IDX files are found or data.download is set, DataFileError if one of
+    the files found is truncated or corrupt."""
+    paths = next((p for p in map(locate_fashion_mnist, _fashion_roots(cfg)) if p), None)
+    if paths is None and not cfg.download:
         raise FileNotFoundError(_fashion_missing(cfg))
+    for path in (paths or {}).values():
+        check_idx(path)
 
 
 def load_fashion_mnist(cfg: DictConfig) -> TensorSplits:
@@ -165,10 +218,15 @@ def read_cifar_batches(paths: list[Path]) -> tuple[Tensor, Tensor]:
     """Return uint8 images (N, 3, 32, 32) and int64 labels from CIFAR python pickle batches."""
     images, labels = [], []
     for path in paths:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
+            raise DataFileError(
+                f"{path} is truncated or corrupt ({type(e).__name__}: {_one_line(e)}); re-fetch the data set"
+            ) from e
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
