@@ -64,12 +64,20 @@ class Stepper:
 
 @dataclass
 class EpochStats:
-    """What one training epoch did: mean loss, images seen (all ranks), seconds, and whether it diverged."""
+    """What one training epoch did: mean loss, images seen (all ranks), seconds, and whether it diverged.
+
+    An epoch cut short by `should_stop` has `stopped_after` (batches done) and this rank's running `loss_sum`
+    and `images`, which `train_one_epoch(..., resume_from=stats)` continues from. A diverged one has
+    `diverged_batch`: the first batch (1-based) whose loss was NaN/inf on this rank, or the one that found it.
+    """
 
     loss: float
     images: int
     seconds: float
     diverged: bool = False
+    diverged_batch: int | None = None
+    stopped_after: int | None = None
+    loss_sum: float = 0.0
 
     @property
     def img_per_s(self) -> float:
@@ -83,6 +91,12 @@ def _loss_is_finite(loss_sum: torch.Tensor) -> bool:
     return all_reduce_sum(bad).item() == 0
 
 
+def _first_nonfinite(losses: torch.Tensor, first: int, count: int) -> int | None:
+    """The 1-based batch number of the first non-finite loss among `count` losses of batches `first`, ..."""
+    bad = (~torch.isfinite(losses[:count])).nonzero()
+    return first + int(bad[0].item()) + 1 if len(bad) else None
+
+
 def train_one_epoch(
     s: Stepper,
     loader: Iterable,
@@ -90,15 +104,28 @@ def train_one_epoch(
     desc: str = "train",
     log_interval: int = 50,
     show_progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    resume_from: EpochStats | None = None,
 ) -> EpochStats:
-    """Train over `num_batches` batches of `loader`; return the epoch's statistics."""
+    """Train over `num_batches` batches of `loader`; return the epoch's statistics.
+
+    `should_stop` is asked after every optimizer step; when it says yes the epoch ends there, cut short. With
+    `resume_from` (such a cut-short epoch), the batches it did are drawn and skipped, so the loader's random
+    augmentations stay in step, and its loss and image counts carry on.
+    """
     s.model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
-    seen = 0
-    start = time.perf_counter()
+    done = (resume_from.stopped_after or 0) if resume_from is not None else 0
+    carried = resume_from.loss_sum if resume_from is not None else 0.0
+    loss_sum = torch.full((), carried, dtype=torch.float64, device=s.device)
+    seen = resume_from.images if resume_from is not None else 0
+    start = time.perf_counter() - (resume_from.seconds if resume_from is not None else 0.0)
+    # This check window's per-batch losses, so a NaN/inf is reported at the batch where it appeared.
+    window = torch.zeros(log_interval, dtype=torch.float64, device=s.device)
+    checked = done  # batches before this one were found finite
     bar = progress(num_batches, desc, show_progress)
+    bar.update(done)
     s.optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(itertools.islice(loader, num_batches)):
+    for i, (x, y) in enumerate(itertools.islice(loader, done, num_batches), start=done):
         x, y = s.to_device(x, y)
         if s.mixup is not None:
             if len(x) % 2:  # timm's Mixup pairs samples: drop one from an odd batch
@@ -114,13 +141,20 @@ def train_one_epoch(
         if group_end:
             _optimizer_step(s)
         loss_sum += loss.detach().double() * len(x)
+        window[i - checked] = loss.detach()
         seen += len(x)
         bar.update()
         if (i + 1) % log_interval == 0:
             if not _loss_is_finite(loss_sum):
                 bar.close()
-                return EpochStats(math.nan, seen, time.perf_counter() - start, diverged=True)
+                bad = _first_nonfinite(window, checked, i + 1 - checked) or i + 1
+                return EpochStats(math.nan, seen, time.perf_counter() - start, True, diverged_batch=bad)
+            checked = i + 1
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+        if group_end and i + 1 < num_batches and should_stop is not None and should_stop():
+            bar.close()
+            seconds = time.perf_counter() - start
+            return EpochStats(math.nan, seen, seconds, stopped_after=i + 1, loss_sum=loss_sum.item())
     bar.close()
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
@@ -129,7 +163,10 @@ def train_one_epoch(
         torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=s.device)])
     )
     mean_loss = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
-    return EpochStats(mean_loss, int(totals[1].item()), seconds, diverged=not math.isfinite(mean_loss))
+    if not math.isfinite(mean_loss):
+        bad = _first_nonfinite(window, checked, num_batches - checked) or num_batches
+        return EpochStats(mean_loss, int(totals[1].item()), seconds, True, diverged_batch=bad)
+    return EpochStats(mean_loss, int(totals[1].item()), seconds)
 
 
 def _optimizer_step(s: Stepper) -> None:

@@ -1,11 +1,19 @@
 """`train(cfg)`: one run from a composed config to a finished run folder.
 
 The order matters and is the whole story: validate (nothing written yet), join the process group, build data and
-model, write `results.json` with `status: running`, resume if asked, then epochs of train / evaluate / log /
+model, write `results.json` with `status: running`, resume from `last.pt` when the run folder has one (`resume`
+is true by default, so the same command continues a stopped run), then epochs of train / evaluate / log /
 checkpoint, and finally `results.json` again with the outcome. timm supplies the optimizer, the scheduler,
-Mixup/CutMix, the losses, EMA and the accuracy; this module only wires them to the config. A NaN/inf loss ends the
-run as `diverged` (a normal return, so a sweep goes on); an exception ends it as `failed` and is re-raised;
-SIGTERM or Ctrl-C end it as `preempted`, resumable from `last.pt`.
+Mixup/CutMix, the losses, EMA and the accuracy; this module only wires them to the config.
+
+How runs end: a NaN/inf loss ends the run as `diverged`, with the step where it appeared (a normal return, so a
+sweep goes on); an exception ends it as `failed` and is re-raised. SIGTERM and SIGUSR1 (a cluster's "stop now":
+SLURM sends them before preempting or at the time limit) stop training after the current optimizer step, save
+`last.pt` there, mark the run `preempted` and exit with 128 + the signal number; running the same command again
+continues it exactly. Under SLURM, `trainer.requeue=true` then puts the job back in the queue with `scontrol
+requeue`; under submitit (hydra-submitit-launcher), its own signal is caught the same way and handed on to
+submitit's handler after the checkpoint, which requeues the job. Ctrl-C ends a run as `preempted` at once,
+resumable from the last epoch's `last.pt`.
 """
 
 from __future__ import annotations
@@ -16,8 +24,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,17 @@ from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 
 from metaformer.engine import distributed as D
-from metaformer.engine.checkpoint import BEST, LAST, find_resume, load_checkpoint, save_checkpoint
+from metaformer.engine.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    check_state_dict,
+    find_resume,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
@@ -40,13 +58,80 @@ from metaformer.engine.results import git_state, run_identity, write_results
 log = logging.getLogger(__name__)
 
 # Environment variables: torch threads per process; a folder where every rank saves its final weights (for tests
-# and debugging DDP: all ranks must end with the same weights).
+# and debugging DDP: all ranks must end with the same weights); a test hook, `SIGNAL@STEP` (e.g. `USR1@6`,
+# `KILL@6`), that makes the process send itself that signal right after optimizer step STEP, when the step does
+# not end an epoch, so tests can stop a run at an exact point.
 THREADS_ENV = "METAFORMER_THREADS"
 RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
+TEST_SIGNAL_ENV = "METAFORMER_TEST_SIGNAL"
+
+# The signals that preempt a run: SLURM's SIGTERM, and SIGUSR1 as `sbatch --signal=USR1@90` sends it.
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-class Preempted(BaseException):
-    """Raised from the SIGTERM handler: the job was asked to stop and can resume from last.pt."""
+class StopRequest:
+    """While entered, SIGTERM and SIGUSR1 (and submitit's signal, under submitit) only record that a stop was
+    asked for; training stops at the next optimizer step and saves. A no-op off the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    @staticmethod
+    def signals() -> list[int]:
+        """The signals caught: PREEMPT_SIGNALS, plus submitit's preemption signal when submitit runs this job."""
+        caught = list(PREEMPT_SIGNALS)
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+            extra = getattr(signal, f"SIG{name}", None)
+            if extra is not None and extra not in caught:
+                caught.append(extra)
+        return caught
+
+    def __enter__(self) -> StopRequest:
+        for sig in self.signals():
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. joblib's threading backend)
+                break
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def name(self) -> str:
+        """The received signal's name, e.g. SIGUSR1."""
+        return signal.Signals(self.signum).name if self.signum is not None else "none"
+
+    def hand_on(self) -> None:
+        """Call the handler that was installed before ours for the received signal (submitit's requeue)."""
+        previous = self.previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):
+            previous(self.signum, None)
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job to requeue: `ARRAYJOB_TASK` for an array task, else SLURM_JOB_ID; None outside SLURM."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def _test_signal() -> tuple[int, int] | None:
+    """The (signal, step) of the METAFORMER_TEST_SIGNAL hook, if set."""
+    value = os.environ.get(TEST_SIGNAL_ENV)
+    if not value:
+        return None
+    name, _, step = value.partition("@")
+    return int(getattr(signal, "SIG" + name.upper().removeprefix("SIG"))), int(step)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -154,24 +239,6 @@ def _build_scheduler(
     return scheduler
 
 
-@contextmanager
-def _sigterm_as_preemption():
-    """Turn SIGTERM (a cluster's 'stop now') into `Preempted` while training; a no-op off the main thread."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_preempted)
-    except ValueError:  # not the main thread (e.g. joblib's threading backend)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_preempted(signum: int, frame: Any) -> None:
-    raise Preempted(f"signal {signum}")
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the model `cfg` describes into its run folder; return the final results.json record."""
     start = time.time()
@@ -185,9 +252,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
-        with _sigterm_as_preemption():
+        with StopRequest() as stop:
             try:
-                run = _Run(cfg, spec, dist, run_dir, start)
+                run = _Run(cfg, spec, dist, run_dir, start, stop)
             except Exception as e:
                 _record_setup_failure(cfg, run_dir if dist.is_main else None, e, spec.mixers)
                 raise
@@ -212,21 +279,36 @@ def _record_setup_failure(
 class _Run:
     """The state of one run between setup and the final results: built once by `train`, then `fit()`."""
 
-    def __init__(self, cfg: DictConfig, spec: RunSpec, dist: D.DistInfo, run_dir: Path, start: float) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        spec: RunSpec,
+        dist: D.DistInfo,
+        run_dir: Path,
+        start: float,
+        stop: StopRequest | None = None,
+    ) -> None:
         from metaformer import create_model, profile
         from metaformer.engine.data import build_data
+        from metaformer.engine.data.datasets import DataFileError
 
         self.cfg, self.spec, self.dist, self.run_dir, self.start = cfg, spec, dist, run_dir, start
+        self.stop = stop or StopRequest()
+        self._stop_checks = 0
+        self._test_signal = _test_signal()
         t = cfg.trainer
         parallel_jobs, self.sweep = _hydra_launcher()
         _set_threads(cfg, dist, parallel_jobs)
         _set_determinism(cfg, dist.device)
 
         random_seed(cfg.seed, 0)  # the same initial weights on every rank
-        self.data = build_data(
-            cfg.data, cfg.get("aug"), t.batch_size, t.get("eval_batch_size") or 2 * t.batch_size, cfg.seed,
-            rank=dist.rank, world_size=dist.world_size, device=dist.device,
-        )  # fmt: skip
+        try:
+            self.data = build_data(
+                cfg.data, cfg.get("aug"), t.batch_size, t.get("eval_batch_size") or 2 * t.batch_size, cfg.seed,
+                rank=dist.rank, world_size=dist.world_size, device=dist.device,
+            )  # fmt: skip
+        except DataFileError as e:  # a data file that is there but truncated or corrupt
+            raise ConfigError(" ".join(str(e).split()), exit_code=1) from e
         try:
             sized = {
                 "num_classes": self.data.num_classes,
@@ -238,7 +320,10 @@ class _Run:
             raise ConfigError(" ".join(str(e).split())) from e
         self.mixers = list(getattr(model, "stage_mixers", spec.mixers))
         self.identity = {**run_identity(cfg, self.mixers, self.data.name), **git_state()}
-        self.identity.update(profile(model, img_size=self.data.img_size, in_chans=self.data.in_chans))
+        try:  # a forward pass at the data's size: resolution-bound mixers refuse maps of another size
+            self.identity.update(profile(model, img_size=self.data.img_size, in_chans=self.data.in_chans))
+        except ValueError as e:
+            raise ConfigError(_size_mismatch(cfg, self.data.img_size, e)) from e
 
         self.train_batches = _limit(t.get("limit_train_batches"), len(self.data.train))
         self.val_batches = t.get("limit_val_batches")
@@ -276,6 +361,10 @@ class _Run:
         self.final: dict[str, Any] = {"top1": None, "top5": None, "loss": None}
         self.wall_before = 0.0  # wall seconds of earlier attempts, when resumed
         self.train_images, self.train_seconds = 0, 0.0
+        self.partial: EpochStats | None = None  # the cut-short epoch a mid-epoch checkpoint resumes
+        self.partial_rng: dict[str, Any] | None = None  # and this rank's random generators at the cut
+        self.diverged_at: tuple[int, int] | None = None  # (epoch, batch) of the first NaN/inf loss
+        self.config = _plain_config(cfg)  # the resolved config, as plain containers, for the checkpoints
         self._resume()
         self.metrics = MetricsCSV(run_dir, resume_epoch=self.epoch) if dist.is_main else None
         self.wandb = self._wandb() if dist.is_main and cfg.logger.get("name") == "wandb" else None
@@ -290,30 +379,58 @@ class _Run:
 
     def _resume(self) -> None:
         path = find_resume(self.cfg.get("resume"), self.run_dir)
-        if path is None:
-            if self.cfg.get("resume") is True and self.dist.is_main:
-                log.info("resume=true: no %s in %s yet, starting from scratch", LAST, self.run_dir)
+        if path is None:  # resume=false, or a new run folder
             return
         ckpt = load_checkpoint(path)
-        self.step.module.load_state_dict(ckpt["state_dict"])
-        self.step.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.step.scheduler is not None and ckpt.get("scheduler"):
-            self.step.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.step.scaler is not None and ckpt.get("scaler"):
-            self.step.scaler.load_state_dict(ckpt["scaler"])
-        if self.step.ema is not None and ckpt.get("state_dict_ema"):
-            self.step.ema.module.load_state_dict(ckpt["state_dict_ema"])
-        self.epoch, self.step.num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
+        s = self.step
+        if "optimizer" not in ckpt or "num_updates" not in ckpt:
+            raise CheckpointError(f"{path} holds weights only (a best.pt?); resume from a run's last.pt")
+        check_state_dict(s.module.state_dict(), ckpt["state_dict"], path, ckpt.get("config"))
+        s.module.load_state_dict(ckpt["state_dict"])
+        if s.ema is not None and ckpt.get("state_dict_ema"):
+            check_state_dict(s.ema.module.state_dict(), ckpt["state_dict_ema"], path, ckpt.get("config"))
+            s.ema.module.load_state_dict(ckpt["state_dict_ema"])
+        try:
+            s.optimizer.load_state_dict(ckpt["optimizer"])
+            if s.scheduler is not None and ckpt.get("scheduler"):
+                s.scheduler.load_state_dict(ckpt["scheduler"])
+            if s.scaler is not None and ckpt.get("scaler"):
+                s.scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"the optimizer/scheduler state in {path} does not fit optim.opt={self.cfg.optim.opt} "
+                f"sched.sched={self.cfg.sched.sched} ({' '.join(str(e).split())}); resume with the config it was "
+                f"trained with, or set resume=false to start over",
+                exit_code=2,
+            ) from e
+        self.epoch, s.num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
         self.best = ckpt["best"]
         self.final = ckpt.get("final", self.final)
         self.wall_before = float(ckpt.get("wall_s", 0.0))
         self.train_images, self.train_seconds = ckpt.get("train_images", 0), ckpt.get("train_seconds", 0.0)
+        batch = int(ckpt.get("batch") or 0)
+        if batch:  # saved mid-epoch, after `batch` batches of epoch `epoch + 1`: continue from there
+            progress = ckpt["epoch_progress"]
+            mine = self.dist.is_main  # rank 0 carries the summed loss and count of the cut epoch
+            self.partial = EpochStats(
+                math.nan, int(progress["images"]) if mine else 0, float(progress["seconds"]),
+                stopped_after=batch, loss_sum=float(progress["loss_sum"]) if mine else 0.0,
+            )  # fmt: skip
+            states = ckpt.get("rng") or []
+            if len(states) == self.dist.world_size:
+                self.partial_rng = states[self.dist.rank]
+            elif self.dist.is_main:
+                log.warning(
+                    "%s was saved by %d processes, this run has %d: random draws of the resumed epoch will differ",
+                    path, len(states), self.dist.world_size,
+                )  # fmt: skip
         source = path.parent
         copy_history = source.resolve() != self.run_dir and not (self.run_dir / METRICS_FILE).exists()
         if self.dist.is_main and copy_history and (source / METRICS_FILE).is_file():
             shutil.copy(source / METRICS_FILE, self.run_dir / METRICS_FILE)
         if self.dist.is_main:
-            log.info("resumed from %s after epoch %d", path, self.epoch)
+            where = f", batch {batch} of epoch {self.epoch + 1}" if batch else ""
+            log.info("resumed from %s after epoch %d%s", path, self.epoch, where)
 
     def results(self, status: str, **extra: Any) -> dict[str, Any]:
         """The results.json record as of now."""
@@ -357,14 +474,17 @@ class _Run:
         status, extra = "completed", {}
         try:
             while self.epoch < t.epochs:
-                if not self._epoch(self.epoch):
-                    status = "diverged"
-                    log.warning(
-                        "the training loss is NaN/inf in epoch %d: stopping (status diverged)", self.epoch + 1
-                    )
+                if self._stop_agreed():  # asked between epochs: last.pt is this boundary's
+                    status, extra = "preempted", self._preempted_info()
                     break
-        except Preempted as e:
-            status, extra = "preempted", {"error": f"stopped by {e}"}
+                outcome = self._epoch(self.epoch)
+                if outcome == "diverged":
+                    status, extra = "diverged", self._diverged_info()
+                    log.warning("%s: stopping (status diverged)", extra["error"])
+                    break
+                if outcome == "stopped":
+                    status, extra = "preempted", self._preempted_info()
+                    break
         except KeyboardInterrupt:
             status, extra = "preempted", {"error": "interrupted (KeyboardInterrupt)"}
         except Exception as e:
@@ -372,8 +492,69 @@ class _Run:
             raise
         record = self._finish(status, **extra)
         if status == "preempted":
-            raise SystemExit(143)
+            self._after_preemption(record)
         return record
+
+    def _should_stop(self) -> bool:
+        """Asked after each optimizer step: stop here? Every rank gets the same answer (checked every
+        `log_interval` steps under DDP, where asking costs a collective)."""
+        if self._test_signal is not None and self.step.num_updates == self._test_signal[1]:
+            os.kill(os.getpid(), self._test_signal[0])
+        if not self.dist.distributed:
+            return self.stop.signum is not None
+        self._stop_checks += 1
+        return self._stop_checks % self.cfg.trainer.log_interval == 0 and self._stop_agreed()
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank when a stop signal reached any rank."""
+        asked = self.stop.signum is not None
+        if not self.dist.distributed:
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.dist.device)
+        return D.all_reduce_sum(flag).item() > 0
+
+    def _preempted_info(self) -> dict[str, Any]:
+        where = f"after batch {self.partial.stopped_after} of epoch {self.epoch + 1}" if self.partial else (
+            f"after epoch {self.epoch}"
+        )  # fmt: skip
+        saved = "last.pt saved there" if self._saves() else "no checkpoint (trainer.save_checkpoints=false)"
+        return {"error": f"stopped by signal {self.stop.name} {where}; {saved}", "signal": self.stop.name}
+
+    def _diverged_info(self) -> dict[str, Any]:
+        assert self.diverged_at is not None
+        epoch, batch = self.diverged_at
+        step = (epoch - 1) * self.train_batches + batch
+        return {
+            "diverged_epoch": epoch,
+            "diverged_batch": batch,
+            "diverged_step": step,
+            "error": f"the training loss became NaN/inf at step {step} (epoch {epoch}, batch {batch})",
+        }
+
+    def _after_preemption(self, record: dict[str, Any]) -> None:
+        """Requeue the job if asked (SLURM) or hand the signal on (submitit requeues), then exit 128 + signal."""
+        signum = self.stop.signum
+        job = slurm_job_id()
+        if self.cfg.trainer.get("requeue") and job and self.dist.is_main and signum is not None:
+            self._requeue(job, record)
+        if signum is not None:
+            self.stop.hand_on()
+        raise SystemExit(128 + (signum if signum is not None else signal.SIGINT))
+
+    def _requeue(self, job: str, record: dict[str, Any]) -> None:
+        command = ["scontrol", "requeue", job]
+        log.info("requeueing SLURM job %s: %s", job, " ".join(command))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            problem = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+        except (OSError, subprocess.SubprocessError) as e:
+            problem = f"{type(e).__name__}: {e}"
+        if problem:
+            log.warning("could not requeue SLURM job %s: %s", job, problem)
+        record = {**record, "requeued": problem is None, "requeue_job": job}
+        if problem:
+            record["requeue_error"] = " ".join(problem.split())
+        write_results(self.run_dir, record)
 
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
         record = self._write(status, **extra)
@@ -388,19 +569,29 @@ class _Run:
             )  # fmt: skip
         return record
 
-    def _epoch(self, epoch: int) -> bool:
-        """Train, evaluate, log and checkpoint one epoch; return False when the loss diverged."""
+    def _epoch(self, epoch: int) -> str:
+        """Train, evaluate, log and checkpoint one epoch; return 'done', 'diverged', or 'stopped' (by a signal,
+        mid-epoch, with last.pt saved at that step)."""
         t, s = self.cfg.trainer, self.step
+        partial, self.partial = self.partial, None
         _seed_epoch(self.cfg.seed, epoch, self.dist.rank)
+        if partial is not None and self.partial_rng is not None:
+            set_rng_state(self.partial_rng)  # the generators as they were when the epoch was cut
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(epoch)
         stats: EpochStats = train_one_epoch(
             s, self.data.train, self.train_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
-            log_interval=t.log_interval, show_progress=self.dist.is_main,
+            log_interval=t.log_interval, show_progress=self.dist.is_main, should_stop=self._should_stop,
+            resume_from=partial,
         )  # fmt: skip
         if stats.diverged:
             self.final["loss"] = None
-            return False
+            self.diverged_at = (epoch + 1, stats.diverged_batch or self.train_batches)
+            return "diverged"
+        if stats.stopped_after is not None:
+            self.partial = stats
+            self._checkpoint_mid_epoch(stats)
+            return "stopped"
         self.epoch = epoch + 1
         self.train_images += stats.images
         self.train_seconds += stats.seconds
@@ -417,13 +608,15 @@ class _Run:
             epoch_s=round(stats.seconds, 2),
             wall_s=round(self.wall_before + time.time() - self.start, 1),
         )
+        rng = self._rng_states() if self._saves() else None  # a collective: every rank
         if self.dist.is_main:
             log.info(format_epoch(row, t.epochs))
             self.metrics.log(row)
             if self.wandb is not None:
                 self.wandb.log(row)
-            self._checkpoint(improved)
-        return True
+            if rng is not None:
+                self._checkpoint(improved, rng)
+        return "done"
 
     def _evaluate(self) -> tuple[dict[str, Any], bool]:
         """Evaluate the model (and its EMA); return the metrics and whether top-1 is a new best."""
@@ -444,35 +637,65 @@ class _Run:
             self.best = {"best_top1": top1, "best_top5": top5, "best_epoch": self.epoch}
         return metrics, improved
 
-    def _checkpoint(self, improved: bool) -> None:
-        if not self.cfg.trainer.get("save_checkpoints", True):
-            return
+    def _saves(self) -> bool:
+        return bool(self.cfg.trainer.get("save_checkpoints", True))
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random-generator states, in rank order (a collective under DDP)."""
+        mine = rng_state()
+        if not self.dist.distributed:
+            return [mine]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        return gathered
+
+    def _weights(self) -> dict[str, Any]:
         s = self.step
-        weights = {
+        return {
             "arch": self.cfg.model.name,
             "epoch": self.epoch,
             "state_dict": s.module.state_dict(),
             "state_dict_ema": s.ema.module.state_dict() if s.ema is not None else None,
             "metric": self.final["top1"],
-            "config": OmegaConf.to_container(self.cfg, resolve=False),
+            "config": self.config,
         }
+
+    def _checkpoint(self, improved: bool, rng: list[dict[str, Any]], **position: Any) -> None:
+        """Save last.pt (and best.pt when `improved`); `position` marks a mid-epoch checkpoint."""
+        s = self.step
+        weights = self._weights()
         if improved:
             save_checkpoint(self.run_dir / BEST, weights)
         save_checkpoint(
             self.run_dir / LAST,
             {
                 **weights,
+                "batch": 0,  # batches done in epoch `epoch + 1`: 0 at an epoch boundary
                 "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
                 "scaler": s.scaler.state_dict() if s.scaler is not None else None,
                 "num_updates": s.num_updates,
+                "rng": rng,
                 "best": self.best,
                 "final": self.final,
                 "wall_s": self.wall_before + time.time() - self.start,
                 "train_images": self.train_images,
                 "train_seconds": self.train_seconds,
+                **position,
             },
         )
+
+    def _checkpoint_mid_epoch(self, stats: EpochStats) -> None:
+        """Save last.pt after `stats.stopped_after` batches of the current epoch, with what resuming there needs."""
+        if not self._saves():
+            return
+        totals = D.all_reduce_sum(
+            torch.tensor([stats.loss_sum, float(stats.images)], dtype=torch.float64, device=self.dist.device)
+        ).tolist()
+        rng = self._rng_states()
+        if self.dist.is_main:
+            progress = {"loss_sum": totals[0], "images": int(totals[1]), "seconds": stats.seconds}
+            self._checkpoint(False, rng, batch=stats.stopped_after, epoch_progress=progress)
 
     def _save_rank_weights(self) -> None:
         folder = os.environ.get(RANK_WEIGHTS_ENV)
@@ -483,3 +706,25 @@ class _Run:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers (what a weights-only checkpoint can hold), resolved where it can be."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that needs Hydra's runtime, outside a Hydra run
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _size_mismatch(cfg: DictConfig, data_size: int, error: ValueError) -> str:
+    """One line for a model whose feature maps do not fit the data's images."""
+    reason = " ".join(str(error).split())
+    model_size = cfg.model.get("img_size")
+    if model_size is not None and model_size != data_size:
+        return (
+            f"model.img_size={model_size} does not fit data.img_size={data_size}: {reason}; remove model.img_size "
+            f"(the model then takes the data's size) or set data.img_size={model_size}"
+        )
+    return f"the model does not fit data.img_size={data_size}: {reason}"

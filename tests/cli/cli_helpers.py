@@ -43,6 +43,27 @@ def command(*args: str) -> list[str]:
     return [sys.executable, str(RUN), *args]
 
 
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python run.py ARGS` in `cwd` without waiting (so independent runs share the CPU's cores)."""
+    return subprocess.Popen(
+        command(*args),
+        cwd=cwd,
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(procs: dict, timeout: float = 300) -> dict[str, subprocess.CompletedProcess]:
+    """Wait for started runs; return each as a CompletedProcess (returncode, stdout, stderr)."""
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=timeout)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run `python run.py ARGS` in tmp_path; return the completed process (stdout, stderr, returncode)."""

@@ -32,7 +32,7 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     rank0 = torch.load(weights / "rank0.pt", weights_only=True)
     rank1 = torch.load(weights / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(last[k], rank0[k]) for k in rank0)
 
     written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("results.json")]
@@ -108,7 +108,7 @@ def test_the_imagenet_command_trains_s12_on_an_image_folder_tree(run_cli, tmp_pa
     res = results_of(tmp_path / "run")
     assert (res["status"], res["model"], res["data"]) == ("completed", "poolformer_s12", "imagenet")
     assert round(res["gmacs"], 1) == 1.8  # S12 at 224 px, as in the paper
-    head = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]["head.weight"]
+    head = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]["head.weight"]
     assert head.shape[0] == 2  # the classes were found in the folders
 
 

@@ -1,15 +1,18 @@
-"""`train(cfg)` called from Python, as a notebook would: a run folder from a composed config, and an exception
-in the middle of training recorded as `failed` in results.json before it propagates."""
+"""`train(cfg)` called from Python, as a notebook would: a run folder from a composed config with a complete,
+weights-only last.pt, an exception in the middle of training recorded as `failed` in results.json before it
+propagates, and submitit's preemption signal saving a checkpoint before submitit's own handler requeues the job."""
 
 import dataclasses
+import signal
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from metaformer.engine import read_results, train
+from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
+from metaformer.engine.trainer import slurm_job_id
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "trainer.batch_size=16"]
@@ -59,9 +62,29 @@ def test_train_from_python_with_ema_accumulation_and_clipping(tmp_path):
     assert record["global_batch"] == 2 * 16
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert "top1_ema" in rows[0].split(",") and len(rows) == 3
-    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    last = load_checkpoint(tmp_path / "last.pt")  # weights only
+    parts = {
+        "state_dict",
+        "state_dict_ema",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "batch",
+        "num_updates",
+    }
+    assert parts | {"rng", "config", "best", "final"} <= set(last)
     assert last["state_dict_ema"].keys() == last["state_dict"].keys()
     assert last["num_updates"] == 2 * 2  # 4 batches per epoch, one optimizer step per 2
+    assert (last["epoch"], last["batch"], last["scaler"]) == (2, 0, None)  # an epoch boundary; no fp16 scaler
+    assert last["optimizer"]["state"] and last["scheduler"]["t_initial"] == 2 * 2
+    assert set(last["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    config = last["config"]  # resolved, plain containers
+    assert (
+        config["output_dir"] == str(tmp_path)
+        and config["trainer"]["ema"] is True
+        and config["mixer"] == "pool"
+    )
 
 
 def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_dataset):
@@ -72,3 +95,38 @@ def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_d
     assert res["status"] == "failed" and res["epochs"] == 1  # the first epoch finished, the second broke
     assert res["error"] == "OSError: input/output error while reading a batch"
     assert res["best_top1"] is not None and (tmp_path / "last.pt").is_file()
+
+
+def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit(tmp_path, monkeypatch):
+    seen = []
+
+    def submitit_handler(signum, frame):  # what submitit's does: dump the job for a requeue, requeue, exit
+        ckpt = load_checkpoint(tmp_path / "last.pt")
+        seen.append((signum, read_results(tmp_path)["status"], ckpt["epoch"], ckpt["batch"]))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("METAFORMER_TEST_SIGNAL", "USR2@6")  # after batch 2 of epoch 2
+    try:
+        with pytest.raises(SystemExit) as e:
+            train(cfg_of(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # ours is gone again
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert e.value.code == -1 and seen == [(signal.SIGUSR2, "preempted", 1, 2)]
+
+    monkeypatch.delenv("METAFORMER_TEST_SIGNAL")  # the requeued job: the same config again
+    record = train(cfg_of(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+    assert record["status"] == "completed" and record["epochs"] == 2
+
+
+def test_the_slurm_job_to_requeue(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert slurm_job_id() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "107")
+    assert slurm_job_id() == "107"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert slurm_job_id() == "100_7"  # an array task is requeued by its array id and index
