@@ -23,8 +23,9 @@ from torch import nn
 
 from metaformer.engine.distributed import all_reduce_sum
 from metaformer.engine.loggers import progress
+from metaformer.fast import AUTOCAST_DTYPES
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = AUTOCAST_DTYPES
 
 
 @dataclass

@@ -54,6 +54,7 @@ from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
 from metaformer.engine.results import git_state, run_identity, write_results
+from metaformer.fast import Settings, fast_settings, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,13 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     # Reseeding from (seed, epoch, rank) makes every epoch reproducible, so a resumed run draws the same
     # drop-path masks, Mixup coefficients and loader seeds as one that never stopped.
     random_seed(seed * 10_007 + epoch * 1_009, rank)
+
+
+def run_settings(t: DictConfig, device: torch.device) -> Settings:
+    """How the model runs: `trainer.fast=true` picks it for the hardware (metaformer.fast), else `precision`;
+    `channels_last` / `compile` set to true or false win over either, null leaves them to the switch."""
+    base = fast_settings(device) if t.get("fast") else Settings(t.precision)
+    return with_overrides(base, channels_last=t.get("channels_last"), compile=t.get("compile"))
 
 
 def _limit(limit: int | float | None, total: int) -> int:
@@ -336,7 +344,8 @@ class _Run:
         if t.get("sync_bn") and dist.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(dist.device)
-        if t.channels_last:
+        self.settings = run_settings(t, dist.device)
+        if self.settings.channels_last:
             model.to(memory_format=torch.channels_last)
         module = model
         optimizer = _build_optimizer(module, cfg.optim, self.lr)
@@ -345,15 +354,16 @@ class _Run:
         if dist.distributed:
             ddp_ids = [dist.device.index] if dist.device.type == "cuda" else None
             model = ddp = nn.parallel.DistributedDataParallel(module, device_ids=ddp_ids)
-        if t.compile:
+        if self.settings.compile:
             model = torch.compile(model)
         mixup, loss_fn = _loss_fns(cfg.get("aug"), self.data.num_classes)
         self.step = Stepper(
             model=model, module=module, optimizer=optimizer, loss_fn=loss_fn, device=dist.device,
-            precision=t.precision, scheduler=_build_scheduler(optimizer, cfg.sched, t.epochs, updates_per_epoch),
+            precision=self.settings.precision,
+            scheduler=_build_scheduler(optimizer, cfg.sched, t.epochs, updates_per_epoch),
             mixup=mixup, ema=ema, ddp=ddp, accumulation=t.accumulation, grad_clip=t.get("grad_clip"),
-            channels_last=t.channels_last,
-            scaler=torch.amp.GradScaler(dist.device.type) if t.precision == "fp16" else None,
+            channels_last=self.settings.channels_last,
+            scaler=torch.amp.GradScaler(dist.device.type) if self.settings.precision == "fp16" else None,
         )  # fmt: skip
 
         self.epoch = 0  # epochs completed
@@ -446,7 +456,8 @@ class _Run:
             "world_size": self.dist.world_size,
             "global_batch": self.global_batch,
             "lr": self.lr,
-            "precision": self.cfg.trainer.precision,
+            "precision": self.settings.precision,
+            "settings": self.settings.describe(),
             "threads": torch.get_num_threads(),
             "run_dir": str(self.run_dir),
             **extra,
@@ -469,7 +480,7 @@ class _Run:
                 self.cfg.model.name, self.data.name, self.mixers, self.cfg.norm,
                 self.cfg.act, self.identity["params_m"], self.identity["gmacs"], self.data.name,
                 self.data.num_train, self.data.num_val, self.dist.device.type, self.dist.world_size,
-                self.global_batch, self.lr, t.precision,
+                self.global_batch, self.lr, self.settings.describe(),
             )  # fmt: skip
         status, extra = "completed", {}
         try:

@@ -7,12 +7,15 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
-from metaformer.engine.trainer import slurm_job_id
+from metaformer.engine.trainer import run_settings, slurm_job_id
+from metaformer.fast import Settings, fast_settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "trainer.batch_size=16"]
@@ -130,3 +133,27 @@ def test_the_slurm_job_to_requeue(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     assert slurm_job_id() == "100_7"  # an array task is requeued by its array id and index
+
+
+def _trainer_cfg(**keys):
+    base = {"precision": "bf16", "channels_last": None, "compile": None, "fast": False}
+    return OmegaConf.create({**base, **keys})
+
+
+def test_fast_switch_resolves_for_the_hardware_and_explicit_keys_win():
+    cpu = torch.device("cpu")
+    assert run_settings(_trainer_cfg(), cpu) == Settings("bf16", channels_last=False, compile=False)
+    assert run_settings(_trainer_cfg(fast=True), cpu) == fast_settings(cpu)
+    assert run_settings(_trainer_cfg(fast=True, compile=False), cpu) == fast_settings(cpu, compile=False)
+    assert (
+        run_settings(_trainer_cfg(precision="fp32", channels_last=True), cpu).describe()
+        == "fp32+channels_last"
+    )
+
+
+def test_train_on_the_fast_path_records_its_settings(tmp_path):
+    record = train(cfg_of(*QUICK, "trainer.fast=true", "trainer.compile=false", f"output_dir={tmp_path}"))
+    assert record["status"] == "completed"
+    expected = fast_settings("cpu", compile=False)
+    assert record["settings"] == expected.describe() and record["precision"] == expected.precision
+    assert "channels_last" in read_results(tmp_path)["settings"]

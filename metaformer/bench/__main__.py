@@ -1,0 +1,177 @@
+"""`python -m metaformer.bench`: images/s of our model against timm's, in one process, on identical inputs.
+
+    python -m metaformer.bench                                   # S12 at 224: timm fp32, ours fp32
+    python -m metaformer.bench --fast --timm-same                # + ours on the fast path, + timm on the same
+    python -m metaformer.bench --mode train --batch-size 32 --json bench.json
+    python -m metaformer.bench --model poolformer_s12 --mixer pool pool attn attn   # no timm twin: ours only
+
+Rows: timm's model in eager float32 (the reference, where timm has the same architecture), ours with the
+given settings, and with `--fast` ours on the fast path (`metaformer.fast`). Ratios are to the reference, per
+interleaved round; their median is the figure to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaformer.bench.throughput import Contender, compare, logits_agreement, summary
+from metaformer.fast import Settings, fast_settings
+from metaformer.presets import create_model, list_models, preset_config
+
+TIMM_TWINS = {"poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"}
+
+
+def timm_twin(model: str, mixer: list[str] | None, norm: str | None, act: str | None) -> str | None:
+    """The timm model with our model's architecture (timm's PoolFormer v1), or None where timm has none."""
+    if model not in TIMM_TWINS:
+        return None
+    mixers = set(mixer or ["pool"])
+    return model if mixers == {"pool"} and norm in (None, "gn") and act in (None, "gelu") else None
+
+
+def machine() -> str:
+    """The processor (or GPU), core count and torch version, for the record."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    name = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m metaformer.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="poolformer_s12", choices=list_models())
+    p.add_argument("--mixer", nargs="+", help="one mixer for all stages, or one per stage")
+    p.add_argument("--norm")
+    p.add_argument("--act")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, help="default: the preset's (224 for S12)")
+    p.add_argument("--mode", choices=["infer", "train", "both"], default="both")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="ours, besides --fast"
+    )
+    p.add_argument("--channels-last", action="store_true", help="ours, besides --fast")
+    p.add_argument("--compile", action="store_true", help="ours, besides --fast")
+    p.add_argument("--fast", action="store_true", help="add ours on the fast path")
+    p.add_argument(
+        "--fast-compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in --fast"
+    )
+    p.add_argument("--timm-same", action="store_true", help="add timm with the fast path's settings")
+    p.add_argument("--no-timm", action="store_true", help="leave timm out")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=2, help="steps per contender per round")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    return p.parse_args(argv)
+
+
+def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
+    """Build the models to compare (all from one seed) and the index of the reference."""
+    overrides: dict[str, Any] = {
+        "mixer": args.mixer,
+        "norm": args.norm,
+        "act": args.act,
+        "img_size": args.img_size,
+    }
+    if args.mixer and len(args.mixer) == 1:
+        overrides["mixer"] = args.mixer[0]
+    ours = create_model(args.model, **overrides)
+    rows: list[Contender] = []
+    twin = None if args.no_timm else timm_twin(args.model, args.mixer, args.norm, args.act)
+    fast = fast_settings(args.device, compile={"auto": None, "on": True, "off": False}[args.fast_compile])
+    if twin is not None:
+        import timm
+
+        dpr = preset_config(args.model)["drop_path_rate"]
+        build = lambda: timm.create_model(twin, drop_path_rate=dpr)  # noqa: E731
+        rows.append(Contender(f"timm {twin}", build(), Settings()))
+        if args.timm_same and args.fast:
+            rows.append(Contender(f"timm {twin}", build(), fast))
+    base = Settings(args.precision, args.channels_last, args.compile)
+    rows.append(Contender(f"ours {args.model}", ours, base))
+    if args.fast:
+        rows.append(Contender(f"ours {args.model}", copy.deepcopy(ours), fast))
+    for c in rows:
+        c.model.to(args.device)
+    return rows, 0 if twin is not None else None
+
+
+def _table(record: dict[str, Any]) -> str:
+    lines = [
+        f"\n{record['mode']}: images/s (median of rounds), ratio to {record['reference'] or 'n/a'} (median, range)",
+        "| model | settings | img/s | ratio | peak MiB |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in record["rows"]:
+        ratio = (
+            "1 (ref)"
+            if "median_ratio" not in r
+            else f"{r['median_ratio']:.2f} ({min(r['ratios']):.2f}-{max(r['ratios']):.2f})"
+        )
+        if record["reference"] is None:
+            ratio = "-"
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        lines.append(f"| {r['name']} | {r['settings']} | {r['median_img_per_s']:.2f} | {ratio} | {peak} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rows, reference = contenders(args)
+    model = rows[-1].model
+    size = args.img_size or model.img_size
+    size = size if isinstance(size, int) else size[0]
+    x = torch.randn(args.batch_size, model.in_chans, size, size, device=args.device)
+    y = torch.randint(0, model.num_classes, (args.batch_size,), device=args.device)
+    record: dict[str, Any] = {
+        "command": " ".join(["python -m metaformer.bench", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "device": args.device,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "img_size": size,
+        "results": [],
+    }
+    print(f"{record['machine']}; {args.model}, batch {args.batch_size}, {size}px, device {args.device}")
+    if args.fast:
+        ours, fast_row = rows[-2], rows[-1]  # same weights; the reference runs in eager float32
+        cosine = logits_agreement(
+            copy.deepcopy(ours.model), copy.deepcopy(fast_row.model), fast_row.settings, x
+        )
+        record["fast_logits_cosine"] = round(cosine, 6)
+        print(f"fast path ({fast_row.settings.describe()}) logits vs float32: cosine similarity {cosine:.6f}")
+    modes = ["infer", "train"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        outcomes = compare(rows, mode, x, y, warmup=args.warmup, rounds=args.rounds, iters=args.iters)
+        result = summary(mode, outcomes, reference)
+        record["results"].append(result)
+        print(_table(result), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

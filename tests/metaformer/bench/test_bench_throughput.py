@@ -1,0 +1,57 @@
+"""The benchmark harness runs end to end on a small input; its figures are not checked (benchmarks are not tests)."""
+
+import json
+
+import pytest
+
+from metaformer.bench.__main__ import main, timm_twin
+from metaformer.bench.throughput import Outcome, ratios, summary
+
+
+def test_timm_twin_only_for_the_same_architecture():
+    assert timm_twin("poolformer_s12", None, None, None) == "poolformer_s12"
+    assert timm_twin("poolformer_m36", ["pool"], "gn", "gelu") == "poolformer_m36"
+    assert timm_twin("poolformer_s12", ["pool", "pool", "attn", "attn"], None, None) is None
+    assert timm_twin("poolformer_s12", None, "bn", None) is None
+    assert timm_twin("poolformer_cpu", None, None, None) is None
+
+
+def test_ratios_pair_rounds_and_summary_takes_their_median():
+    a, b = Outcome("a", "fp32", [2.0, 4.0, 9.0]), Outcome("b", "fp32", [1.0, 1.0, 3.0])
+    assert ratios(a, b) == [2.0, 4.0, 3.0]
+    record = summary("infer", [b, a], reference=0)
+    assert record["reference"] == "b"
+    assert record["rows"][1]["median_ratio"] == 3.0
+    assert "median_ratio" not in record["rows"][0]
+
+
+def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--iters", "1", "--warmup", "1"]
+    assert main([*args, "--fast", "--fast-compile", "off", "--threads", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["img_size"] == 64 and record["fast_logits_cosine"] >= 0.999
+    assert [r["mode"] for r in record["results"]] == ["infer", "train"]
+    for result in record["results"]:
+        names = [(r["name"], r["settings"]) for r in result["rows"]]
+        assert names[0] == ("timm poolformer_s12", "fp32")
+        assert names[1] == ("ours poolformer_s12", "fp32")
+        assert names[2][0] == "ours poolformer_s12" and "channels_last" in names[2][1]
+        for row in result["rows"]:
+            assert len(row["img_per_s"]) == 2 and all(v > 0 for v in row["img_per_s"])
+        assert all(len(r["ratios"]) == 2 for r in result["rows"][1:])
+    assert "| timm poolformer_s12 | fp32 |" in capsys.readouterr().out
+
+
+def test_harness_without_a_timm_twin_reports_ours_only(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--model", "poolformer_cpu", "--mixer", "pool", "pool", "attn", "attn", "--mode", "infer",
+                 "--batch-size", "2", "--rounds", "1", "--iters", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["reference"] is None and [r["name"] for r in result["rows"]] == ["ours poolformer_cpu"]
+
+
+def test_unknown_model_is_an_argparse_error():
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "poolformer_x"])
+    assert e.value.code == 2

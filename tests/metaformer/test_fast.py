@@ -1,0 +1,72 @@
+"""The fast path: settings chosen from the hardware, and logits that agree with float32."""
+
+import pytest
+import torch
+
+from metaformer import create_model
+from metaformer.bench.throughput import logits_agreement
+from metaformer.fast import (
+    Settings,
+    bf16_supported,
+    fast_settings,
+    prepare_input,
+    prepare_model,
+    with_overrides,
+)
+
+
+def test_fast_settings_follow_the_hardware():
+    s = fast_settings("cpu", compile=False)
+    assert s.channels_last and not s.compile
+    assert s.precision == ("bf16" if bf16_supported("cpu") else "fp32")
+    assert with_overrides(s, compile=True, precision=None).compile
+    assert Settings("bf16", True, True).describe() == "bf16+channels_last+compile"
+    assert Settings().describe() == "fp32"
+
+
+def test_prepare_puts_weights_and_inputs_in_channels_last():
+    model = create_model("poolformer_cpu")
+    prepare_model(model, Settings("fp32", channels_last=True))
+    assert model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = prepare_input(torch.randn(2, 1, 28, 28), Settings(channels_last=True))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "mixer", ["pool", ["pool", "pool", "attn", "attn"], ["fft", "mlp", "random", "dwconv"], "sepconv"]
+)
+def test_fast_logits_agree_with_float32(mixer):
+    torch.manual_seed(0)
+    reference = create_model("poolformer_cpu", mixer=mixer)
+    candidate = create_model("poolformer_cpu", mixer=mixer)
+    candidate.load_state_dict(reference.state_dict())
+    x = torch.randn(8, 1, 28, 28)
+    cosine = logits_agreement(reference, candidate, fast_settings("cpu", compile=False), x)
+    assert cosine >= 0.999
+
+
+def test_agreement_detects_different_weights():
+    torch.manual_seed(0)
+    a, b = create_model("poolformer_cpu"), create_model("poolformer_cpu")
+    assert logits_agreement(a, b, Settings(), torch.randn(8, 1, 28, 28)) < 0.99
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_agrees_with_float32():
+    torch.manual_seed(0)
+    reference = create_model("poolformer_cpu")
+    candidate = create_model("poolformer_cpu")
+    candidate.load_state_dict(reference.state_dict())
+    settings = fast_settings("cpu", compile=True)
+    assert logits_agreement(reference, candidate, settings, torch.randn(4, 1, 28, 28)) >= 0.999
+
+
+def test_inference_copy_is_bf16_and_leaves_the_model_in_float32():
+    from metaformer.fast import prepare_inference
+
+    model = create_model("poolformer_cpu")
+    frozen = prepare_inference(model, Settings("bf16", channels_last=True))
+    assert next(frozen.parameters()).dtype == torch.bfloat16 and not frozen.training
+    assert next(model.parameters()).dtype == torch.float32
+    x = prepare_input(torch.randn(2, 1, 28, 28), Settings("bf16", channels_last=True), inference=True)
+    assert x.dtype == torch.bfloat16 and frozen(x).shape == (2, 10)
