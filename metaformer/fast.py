@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *AUTOCAST_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ def bf16_supported(device: torch.device | str) -> bool:
     )
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """`auto` is bf16 where `device` has native bf16, else fp32; other names pass through.
+
+    Emulated bf16 is no bargain: on an AVX2 CPU without bf16 instructions a bf16-autocast training step of the CPU
+    preset ran 10-15x slower than float32 (experiments/BENCHMARKS.md).
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_supported(device) else "fp32"
+
+
 def compiler_available(device: torch.device | str) -> bool:
     """True where torch.compile can generate kernels: Triton on CUDA, a C++ compiler on the CPU."""
     if torch.device(device).type == "cuda":
@@ -57,7 +69,7 @@ def compiler_available(device: torch.device | str) -> bool:
 def fast_settings(device: torch.device | str, compile: bool | None = None) -> Settings:
     """The fast path's settings for `device`; `compile=None` compiles where a compiler is available."""
     return Settings(
-        precision="bf16" if bf16_supported(device) else "fp32",
+        precision=resolve_precision("auto", device),
         channels_last=True,
         compile=compiler_available(device) if compile is None else compile,
     )

@@ -3,6 +3,7 @@
     python -m metaformer.bench                                   # S12 at 224: timm fp32, ours fp32
     python -m metaformer.bench --fast --timm-same                # + ours on the fast path, + timm on the same
     python -m metaformer.bench --mode train --batch-size 32 --json bench.json
+    python -m metaformer.bench --fast --profile 10               # + each row's top 10 operators
     python -m metaformer.bench --model poolformer_s12 --mixer pool pool attn attn   # no timm twin: ours only
 
 Rows: timm's model in eager float32 (the reference, where timm has the same architecture), ours with the
@@ -22,9 +23,13 @@ from typing import Any
 
 import torch
 
-from metaformer.bench.throughput import Contender, compare, logits_agreement, summary
-from metaformer.fast import Settings, fast_settings
+from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
+from metaformer.fast import Settings, bf16_supported, fast_settings
 from metaformer.presets import create_model, list_models, preset_config
+from metaformer.profile import profile
+
+# FLOPs of a training step per forward FLOP: forward, and backward's two products (input and weight gradients)
+TRAIN_FLOP_FACTOR = 3
 
 TIMM_TWINS = {"poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"}
 
@@ -37,10 +42,10 @@ def timm_twin(model: str, mixer: list[str] | None, norm: str | None, act: str | 
     return model if mixers == {"pool"} and norm in (None, "gn") and act in (None, "gelu") else None
 
 
-def machine() -> str:
-    """The processor (or GPU), core count and torch version, for the record."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+def machine(device: str = "cpu") -> str:
+    """The GPU, or the processor with its vector instructions and threads, and torch's version, for the record."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     name = platform.processor() or "cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +54,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    isa = torch.backends.cpu.get_cpu_capability()  # the vector ISA torch dispatches to: AVX2, AVX512, ...
+    bf16 = "native bf16" if bf16_supported("cpu") else "no native bf16"
+    return f"{name} ({isa}, {bf16}), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=2, help="steps per contender per round")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak", action="store_true", help="also measure the device's matrix-product GFLOP/s")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="list each row's top N operators")
     p.add_argument("--json", type=Path, help="write the figures to this file")
     return p.parse_args(argv)
 
@@ -116,8 +125,8 @@ def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
 def _table(record: dict[str, Any]) -> str:
     lines = [
         f"\n{record['mode']}: images/s (median of rounds), ratio to {record['reference'] or 'n/a'} (median, range)",
-        "| model | settings | img/s | ratio | peak MiB |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| model | settings | img/s | ratio | peak MiB | GFLOP/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in record["rows"]:
         ratio = (
@@ -128,7 +137,15 @@ def _table(record: dict[str, Any]) -> str:
         if record["reference"] is None:
             ratio = "-"
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        lines.append(f"| {r['name']} | {r['settings']} | {r['median_img_per_s']:.2f} | {ratio} | {peak} |")
+        row = f"| {r['name']} | {r['settings']} | {r['median_img_per_s']:.2f} | {ratio} | {peak} | {r['gflops']:.0f} |"
+        lines.append(row)
+    for r in record["rows"]:
+        if "top_ops" in r:
+            lines.append(f"\ntop operators, {r['name']} {r['settings']} (self time, one step):")
+            lines += [
+                f"  {o['share']:6.1%} {o['self_ms']:9.2f} ms {o['calls']:5d}x  {o['op']}"
+                for o in r["top_ops"]
+            ]
     return "\n".join(lines)
 
 
@@ -136,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # name compiled CPU kernels in the profile
     torch.manual_seed(args.seed)
     rows, reference = contenders(args)
     model = rows[-1].model
@@ -145,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, model.num_classes, (args.batch_size,), device=args.device)
     record: dict[str, Any] = {
         "command": " ".join(["python -m metaformer.bench", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
+        "machine": machine(args.device),
         "device": args.device,
         "model": args.model,
         "batch_size": args.batch_size,
         "img_size": size,
+        "gmacs": profile(copy.deepcopy(model).cpu(), img_size=size)["gmacs"],
         "results": [],
     }
-    print(f"{record['machine']}; {args.model}, batch {args.batch_size}, {size}px, device {args.device}")
+    if args.peak:
+        dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if bf16_supported(args.device) else {})
+        record["matmul_peak_gflops"] = {
+            k: round(matmul_peak_gflops(d, args.device), 1) for k, d in dtypes.items()
+        }
+        print("matrix-product peak, GFLOP/s:", record["matmul_peak_gflops"])
+    print(
+        f"{record['machine']}; {args.model} ({2 * record['gmacs']:.2f} GFLOP/img forward), batch {args.batch_size},"
+        f" {size}px, device {args.device}"
+    )
     if args.fast:
         ours, fast_row = rows[-2], rows[-1]  # same weights; the reference runs in eager float32
         cosine = logits_agreement(
@@ -162,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fast path ({fast_row.settings.describe()}) logits vs float32: cosine similarity {cosine:.6f}")
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     for mode in modes:
-        outcomes = compare(rows, mode, x, y, warmup=args.warmup, rounds=args.rounds, iters=args.iters)
+        outcomes = compare(
+            rows, mode, x, y, warmup=args.warmup, rounds=args.rounds, iters=args.iters, profile=args.profile
+        )
         result = summary(mode, outcomes, reference)
+        flop_per_img = 2 * record["gmacs"] * (TRAIN_FLOP_FACTOR if mode == "train" else 1)  # GFLOP
+        for row in result["rows"]:
+            row["gflops"] = round(row["median_img_per_s"] * flop_per_img, 1)
         record["results"].append(result)
         print(_table(result), flush=True)
     if args.json:

@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 from metaformer.engine.config import validate
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
-from metaformer.fast import Settings, autocast, prepare_input, prepare_model
+from metaformer.engine.trainer import run_settings
+from metaformer.fast import autocast, prepare_input, prepare_model
 from metaformer.presets import create_model
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -46,12 +47,12 @@ def bench(cfg: DictConfig, batches: int, rounds: int, device: str = "cpu") -> di
     data = build_data(cfg.data, cfg.get("aug"), t.batch_size, t.batch_size, cfg.seed, device=device)
     sized = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
     module = create_model(cfg.model.name, **{**sized, **spec.model_kwargs}).to(device)
-    settings = Settings(t.precision, bool(t.channels_last), bool(t.compile))
+    settings = run_settings(t, torch.device(device))  # as run.py would train: precision auto, trainer.fast
     model = prepare_model(module, settings)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     stepper = Stepper(
         model=model, module=module, optimizer=optimizer, loss_fn=F.cross_entropy, device=torch.device(device),
-        precision=t.precision, channels_last=bool(t.channels_last),
+        precision=settings.precision, channels_last=settings.channels_last,
     )  # fmt: skip
     fixed = [
         (prepare_input(x.to(device), settings), y.to(device))
@@ -84,7 +85,8 @@ def bench(cfg: DictConfig, batches: int, rounds: int, device: str = "cpu") -> di
         "model": cfg.model.name,
         "data": data.name,
         "batch_size": t.batch_size,
-        "precision": t.precision,
+        "precision": settings.precision,
+        "settings": settings.describe(),
         "threads": torch.get_num_threads(),
         "batches_per_round": batches,
         "loop_img_per_s": [round(v, 1) for v in loop_ips],
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     record = bench(load_config(args.overrides), args.batches, args.rounds, args.device)
     print(
-        f"{record['model']} on {record['data']}, batch {record['batch_size']}, {record['precision']}, "
+        f"{record['model']} on {record['data']}, batch {record['batch_size']}, {record['settings']}, "
         f"{record['threads']} threads: loop {statistics.median(record['loop_img_per_s']):.1f} img/s, "
         f"bare {statistics.median(record['bare_img_per_s']):.1f} img/s, "
         f"loop/bare {record['median_ratio']:.3f} (rounds {record['ratios']})"

@@ -35,10 +35,8 @@ def block_step(
     x = torch.randn(batch_size, dim, size, size, device=device, requires_grad=True)
 
     def step() -> None:
-        out = block(x)
-        (
-            out.float() * out.float()
-        ).mean().backward()  # a loss whose gradient reaches every mixer, identity too
+        loss = block(x).float().square().mean()  # its gradient reaches every mixer, identity too
+        loss.backward()
         block.zero_grad(set_to_none=True)
         x.grad = None
 

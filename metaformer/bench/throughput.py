@@ -1,4 +1,4 @@
-"""Throughput of our model against timm's on identical inputs, in one process, alternating A B A B.
+"""Throughput of our model against timm's on identical inputs, in one process, alternating A B, B A.
 
 Timing two models in one process, interleaved round by round, cancels most of what drifts on a shared machine
 (other jobs, clocks, caches); the figure to trust is the median of the per-round ratios, not either absolute
@@ -43,6 +43,7 @@ class Outcome:
     settings: str
     img_per_s: list[float] = field(default_factory=list)
     peak_mib: float | None = None
+    top_ops: list[dict[str, Any]] | None = None
 
     @property
     def median(self) -> float:
@@ -133,6 +134,33 @@ def peak_memory_mib(step: Step, device: torch.device) -> float | None:
     return None if base is None or peak is None else max(peak - base, 0) / 1024
 
 
+def top_operators(step: Step, device: torch.device, top: int = 10) -> list[dict[str, Any]]:
+    """The operators one step spends its time in, by self time (device time on CUDA), largest first.
+
+    Compiled CPU kernels show under their own names only when Inductor was told to record them before compiling
+    (`torch._inductor.config.cpp.enable_kernel_profile`, which `--profile` sets).
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_ms": round(getattr(e, attr) / 1000, 2),
+            "share": round(getattr(e, attr) / total, 4),
+        }
+        for e in events[:top]
+    ]
+
+
 def compare(
     contenders: list[Contender],
     mode: str,
@@ -141,8 +169,11 @@ def compare(
     warmup: int = 2,
     rounds: int = 5,
     iters: int = 2,
+    profile: int = 0,
 ) -> list[Outcome]:
-    """Warm every contender up, then time them in turn (A B A B ...) for `rounds` rounds of `iters` steps."""
+    """Warm every contender up, then time them in turn for `rounds` rounds of `iters` steps, the order reversed
+    every other round (A B, B A, ...);
+    with `profile` > 0, also list each contender's top operators (one profiled step, after the timing)."""
     steps = [make_step(c, mode, x, y) for c in contenders]
     outcomes = [Outcome(c.name, c.settings.describe()) for c in contenders]
     for step in steps:
@@ -150,11 +181,35 @@ def compare(
             step()
     for outcome, step in zip(outcomes, steps, strict=True):
         outcome.peak_mib = peak_memory_mib(step, x.device)
-    for _ in range(rounds):
-        for outcome, step in zip(outcomes, steps, strict=True):
+    pairs = list(zip(outcomes, steps, strict=True))
+    for r in range(rounds):
+        for outcome, step in (
+            pairs if r % 2 == 0 else reversed(pairs)
+        ):  # A B, B A: no contender always goes first
             seconds = time_steps(step, iters, x.device)
             outcome.img_per_s.append(iters * len(x) / seconds)
+    if profile > 0:
+        for outcome, step in zip(outcomes, steps, strict=True):
+            outcome.top_ops = top_operators(step, x.device, profile)
     return outcomes
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype, device: torch.device | str, n: int = 2048, seconds: float = 1.0
+) -> float:
+    """Measured GFLOP/s of square matrix products in `dtype`: the ceiling a convolution network can approach."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        a @ b
+        _sync(device)
+        calls += 1
+    return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def ratios(a: Outcome, b: Outcome) -> list[float]:
@@ -183,6 +238,8 @@ def summary(mode: str, outcomes: list[Outcome], reference: int | None) -> dict[s
             "median_img_per_s": round(o.median, 2),
             "peak_mib": None if o.peak_mib is None else round(o.peak_mib, 1),
         }
+        if o.top_ops is not None:
+            row["top_ops"] = o.top_ops
         if reference is not None and i != reference:
             r = ratios(o, outcomes[reference])
             row["ratios"] = [round(v, 3) for v in r]

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metaformer.engine.loop import PRECISIONS
+from metaformer.fast import PRECISION_CHOICES
 
 # Keys of the `model` node that are ours, not create_model keywords.
 MODEL_META_KEYS = ("name",)
@@ -222,9 +222,9 @@ def _check_trainer(t: DictConfig) -> None:
         positive_int(key)
     if t.get("eval_batch_size") is not None:
         positive_int("eval_batch_size")
-    if t.precision not in PRECISIONS:
+    if t.precision not in PRECISION_CHOICES:
         raise ConfigError(
-            f"unknown trainer.precision {t.precision!r}; choose from: {_choices(list(PRECISIONS))}"
+            f"unknown trainer.precision {t.precision!r}; choose from: {_choices(list(PRECISION_CHOICES))}"
         )
     if t.precision == "fp16" and t.device == "cpu":
         raise ConfigError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 on the CPU")

@@ -54,7 +54,7 @@ from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
 from metaformer.engine.results import git_state, run_identity, write_results
-from metaformer.fast import Settings, fast_settings, with_overrides
+from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,13 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def run_settings(t: DictConfig, device: torch.device) -> Settings:
-    """How the model runs: `trainer.fast=true` picks it for the hardware (metaformer.fast), else `precision`;
-    `channels_last` / `compile` set to true or false win over either, null leaves them to the switch."""
-    base = fast_settings(device) if t.get("fast") else Settings(t.precision)
+    """How the model runs: `trainer.fast=true` picks it for the hardware (metaformer.fast), else `precision`
+    (`auto`: bf16 where the hardware has it); `channels_last` / `compile` set to true or false win over either,
+    null leaves them to the switch."""
+    if t.precision == "bf16" and not t.get("fast") and not bf16_supported(device):
+        log.warning("bf16 on a %s without native bf16 is emulated and far slower than fp32: "
+                    "use trainer.precision=auto (or fp32)", device.type)  # fmt: skip
+    base = fast_settings(device) if t.get("fast") else Settings(resolve_precision(t.precision, device))
     return with_overrides(base, channels_last=t.get("channels_last"), compile=t.get("compile"))
 
 

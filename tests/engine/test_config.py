@@ -96,7 +96,7 @@ def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(
         (["act=swish"], "unknown act 'swish'; choose from: gelu"),
         (["model=poolformer_s99"], None),  # Hydra's own error: no such config in the model group
         (["trainer.epochs=0"], "trainer.epochs must be a positive integer, got 0"),
-        (["trainer.precision=fp8"], "unknown trainer.precision 'fp8'; choose from: fp32, bf16, fp16"),
+        (["trainer.precision=fp8"], "unknown trainer.precision 'fp8'; choose from: auto, fp32, bf16, fp16"),
         (["trainer.limit_train_batches=1.5"], "a float is a fraction of the epoch"),
         (["optim.opt=adamz"], "unknown optim.opt 'adamz'"),
         (["data=cifar10", "data.root=/nonexistent/cifar"], "/nonexistent/cifar"),

@@ -15,7 +15,7 @@ from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
 from metaformer.engine.trainer import run_settings, slurm_job_id
-from metaformer.fast import Settings, fast_settings
+from metaformer.fast import Settings, fast_settings, resolve_precision
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "trainer.batch_size=16"]
@@ -149,6 +149,17 @@ def test_fast_switch_resolves_for_the_hardware_and_explicit_keys_win():
         run_settings(_trainer_cfg(precision="fp32", channels_last=True), cpu).describe()
         == "fp32+channels_last"
     )
+
+
+def test_precision_auto_follows_the_hardware_and_emulated_bf16_is_warned_about(monkeypatch, caplog):
+    import metaformer.engine.trainer as trainer
+
+    cpu = torch.device("cpu")
+    assert run_settings(_trainer_cfg(precision="auto"), cpu).precision == resolve_precision("auto", cpu)
+    monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
+    with caplog.at_level("WARNING", logger="metaformer.engine.trainer"):
+        assert run_settings(_trainer_cfg(precision="bf16"), cpu).precision == "bf16"
+    assert "without native bf16" in caplog.text and "trainer.precision=auto" in caplog.text
 
 
 def test_train_on_the_fast_path_records_its_settings(tmp_path):

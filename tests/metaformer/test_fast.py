@@ -11,6 +11,7 @@ from metaformer.fast import (
     fast_settings,
     prepare_input,
     prepare_model,
+    resolve_precision,
     with_overrides,
 )
 
@@ -22,6 +23,17 @@ def test_fast_settings_follow_the_hardware():
     assert with_overrides(s, compile=True, precision=None).compile
     assert Settings("bf16", True, True).describe() == "bf16+channels_last+compile"
     assert Settings().describe() == "fp32"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import metaformer.fast as fast
+
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: False)
+    assert resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is far slower than float32
+    assert resolve_precision("bf16", "cpu") == "bf16"  # an explicit choice is kept
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: True)
+    assert resolve_precision("auto", "cpu") == "bf16" and fast_settings("cpu").precision == "bf16"
+    assert resolve_precision("fp32", "cpu") == "fp32"
 
 
 def test_prepare_puts_weights_and_inputs_in_channels_last():

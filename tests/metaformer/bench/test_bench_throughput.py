@@ -28,9 +28,12 @@ def test_ratios_pair_rounds_and_summary_takes_their_median():
 def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--iters", "1", "--warmup", "1"]
-    assert main([*args, "--fast", "--fast-compile", "off", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        main([*args, "--fast", "--fast-compile", "off", "--threads", "1", "--peak", "--json", str(out)]) == 0
+    )
     record = json.loads(out.read_text())
     assert record["img_size"] == 64 and record["fast_logits_cosine"] >= 0.999
+    assert record["matmul_peak_gflops"]["fp32"] > 0 and 0.1 < record["gmacs"] < 0.2  # S12: 1.81 G at 224 px
     assert [r["mode"] for r in record["results"]] == ["infer", "train"]
     for result in record["results"]:
         names = [(r["name"], r["settings"]) for r in result["rows"]]
@@ -39,6 +42,10 @@ def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
         assert names[2][0] == "ours poolformer_s12" and "channels_last" in names[2][1]
         for row in result["rows"]:
             assert len(row["img_per_s"]) == 2 and all(v > 0 for v in row["img_per_s"])
+            assert row["gflops"] == pytest.approx(
+                row["median_img_per_s"] * 2 * record["gmacs"] * (3 if result["mode"] == "train" else 1),
+                rel=0.01,
+            )
         assert all(len(r["ratios"]) == 2 for r in result["rows"][1:])
     assert "| timm poolformer_s12 | fp32 |" in capsys.readouterr().out
 
@@ -46,9 +53,13 @@ def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
 def test_harness_without_a_timm_twin_reports_ours_only(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["--model", "poolformer_cpu", "--mixer", "pool", "pool", "attn", "attn", "--mode", "infer",
-                 "--batch-size", "2", "--rounds", "1", "--iters", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip
+                 "--batch-size", "2", "--rounds", "1", "--iters", "1", "--warmup", "0", "--profile", "3",
+                 "--json", str(out)]) == 0  # fmt: skip
     (result,) = json.loads(out.read_text())["results"]
     assert result["reference"] is None and [r["name"] for r in result["rows"]] == ["ours poolformer_cpu"]
+    ops = result["rows"][0]["top_ops"]
+    assert len(ops) == 3 and ops[0]["self_ms"] >= ops[-1]["self_ms"] > 0
+    assert 0 < sum(o["share"] for o in ops) <= 1 and all(o["calls"] >= 1 for o in ops)
 
 
 def test_unknown_model_is_an_argparse_error():
