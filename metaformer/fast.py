@@ -80,9 +80,9 @@ def with_overrides(settings: Settings, **changes: object) -> Settings:
     return replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 
-def autocast(settings: Settings, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context for `settings.precision` on `device` (a no-op for fp32)."""
-    dtype = AUTOCAST_DTYPES[settings.precision]
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context for `precision` (fp32, bf16, fp16) on `device` (a no-op for fp32)."""
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

@@ -64,7 +64,7 @@ def bench(cfg: DictConfig, batches: int, rounds: int, device: str = "cpu") -> di
         module.train()
         start = time.perf_counter()
         for x, y in fixed:
-            with autocast(settings, device):
+            with autocast(settings.precision, device):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from metaformer.bench.throughput import _sync, peak_memory_mib, time_steps
+from metaformer.bench.throughput import peak_memory_mib, synchronize, time_steps
 from metaformer.block import MetaFormerBlock
 from mixers import list_mixers
 
@@ -71,7 +71,7 @@ def measure(
                     "peak_mib": peak_memory_mib(step, torch.device(device)),
                 }
             )
-            _sync(torch.device(device))
+            synchronize(torch.device(device))
             print(f"{mixer:>9} {size:>3}x{size:<3} {rows[-1]['ms']:9.3f} ms", flush=True)
     return pd.DataFrame(rows)
 

@@ -70,7 +70,7 @@ def make_step(c: Contender, mode: str, x: torch.Tensor, y: torch.Tensor) -> Step
     optimizer = torch.optim.AdamW(c.model.parameters(), lr=1e-4)
 
     def train() -> None:
-        with autocast(c.settings, device):
+        with autocast(c.settings.precision, device):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
@@ -79,18 +79,19 @@ def make_step(c: Contender, mode: str, x: torch.Tensor, y: torch.Tensor) -> Step
     return train
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device to finish its queued work (CUDA runs asynchronously; the CPU needs nothing)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_steps(step: Step, iters: int, device: torch.device) -> float:
     """Seconds for `iters` calls of `step`."""
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -117,11 +118,11 @@ def peak_memory_mib(step: Step, device: torch.device) -> float | None:
     it after one step. None where unavailable.
     """
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
-        _sync(device)
+        synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     _release_free_memory()
     try:
@@ -145,7 +146,7 @@ def top_operators(step: Step, device: torch.device, top: int = 10) -> list[dict[
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         step()
-        _sync(device)
+        synchronize(device)
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
     total = sum(getattr(e, attr) for e in events) or 1.0
@@ -203,11 +204,11 @@ def matmul_peak_gflops(
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    synchronize(device)
     calls, start = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - start < seconds:
         a @ b
-        _sync(device)
+        synchronize(device)
         calls += 1
     return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
 

@@ -23,9 +23,7 @@ from torch import nn
 
 from metaformer.engine.distributed import all_reduce_sum
 from metaformer.engine.loggers import progress
-from metaformer.fast import AUTOCAST_DTYPES
-
-PRECISIONS = AUTOCAST_DTYPES
+from metaformer.fast import autocast
 
 
 @dataclass
@@ -50,10 +48,7 @@ class Stepper:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context for this precision (a no-op for fp32)."""
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.precision, self.device)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Move a batch to the device, channels-last when asked."""
