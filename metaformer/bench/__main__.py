@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
-from metaformer.fast import Settings, bf16_supported, fast_settings
+from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
 
@@ -68,9 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, help="default: the preset's (224 for S12)")
     p.add_argument("--mode", choices=["infer", "train", "both"], default="both")
-    p.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="ours, besides --fast"
-    )
+    p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="fp32", help="ours, besides --fast")
     p.add_argument("--channels-last", action="store_true", help="ours, besides --fast")
     p.add_argument("--compile", action="store_true", help="ours, besides --fast")
     p.add_argument("--fast", action="store_true", help="add ours on the fast path")
