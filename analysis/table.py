@@ -24,6 +24,7 @@ guessing a reference row would print differences to something nobody chose.
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -57,7 +58,6 @@ EXCLUDED_COLUMNS = [
     "epochs_logged",
     "folder",
 ]
-VERDICTS = ("agrees", "opposite", "not resolved", "paper: no change")
 
 
 def _first_seen(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -116,7 +116,7 @@ def _statistics(table: pd.DataFrame, top1: list[pd.Series]) -> pd.DataFrame:
     paper_base = table["paper_top1"].where(table["is_baseline"]).groupby(family).transform("first")
     table["paper_delta"] = (table["paper_top1"] - paper_base).where(~table["is_baseline"])
     table["verdict"] = [
-        verdict(r, d, p)
+        verdict(r, d, p) if math.isfinite(d) else None
         for r, d, p in zip(table["resolved"], table["delta_vs_baseline"], table["paper_delta"], strict=True)
     ]
     # The estimate must hold whichever rows the others are: Holm's strictest step is ALPHA / (rows tested).
@@ -330,8 +330,9 @@ def notes(table: pd.DataFrame) -> str:
     if table["is_baseline"].any():
         tests = int(table["p_value"].notna().sum())
         parts.append(
-            "Δ: top-1 minus the baseline's (same data and model) with its 95% CI; test: paired t-test over the "
-            "seeds both rows ran (their count in brackets; same seed = same initialisation and data order), "
+            "Δ: top-1 minus the baseline's (same data and model; over the paired seeds when paired) with its 95% "
+            "CI; test: paired t-test over the seeds both rows ran (their count in brackets; same seed = same "
+            "initialisation and data order), "
             "Welch's t-test when they share fewer than two; none when a row has one run. "
             f"p: two-sided, Holm-corrected over the {_count(tests, 'row')} tested; resolved: p < {ALPHA:g}."
         )
@@ -356,6 +357,11 @@ def summary(table: pd.DataFrame) -> str:
     rows = table[~table["is_baseline"]]
     tested = rows[rows["p_value"].notna()]
     resolved = tested[tested["resolved"]]
+    if tested.empty:
+        return (
+            "No row could be tested against the baseline: a test needs at least two completed runs in both rows "
+            "(and a baseline on the same data and model)."
+        )
     sentences = [
         f"{len(resolved)} of {_count(len(tested), 'row')} tested differ from the baseline at the 5% level after Holm "
         f"correction" + (f": {_listing(resolved)}." if len(resolved) else ".")
@@ -414,8 +420,8 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     shared = " ".join(table.attrs.get("shared_overrides", []))
     below = [notes(table), summary(table)]
     if fmt == "html":
-        head = f"<p>Every run: <code>{shared}</code></p>\n" if shared else ""
-        return head + shown.to_html(index=False) + "".join(f"\n<p>{p}</p>" for p in below)
+        head = f"<p>Every run: <code>{html.escape(shared)}</code></p>\n" if shared else ""
+        return head + shown.to_html(index=False) + "".join(f"\n<p>{html.escape(p)}</p>" for p in below)
     align = ["left" if c in TEXT_COLUMNS else "right" for c in shown.columns]
     if fmt == "markdown":
         head = f"Every run: `{shared}`\n\n" if shared else ""
@@ -471,7 +477,7 @@ def render_excluded(runs: pd.DataFrame, fmt: str = "markdown") -> str:
     )
     shown = shown.dropna(axis=1, how="all").astype(object).fillna("").astype(str)
     if fmt == "html":
-        return f"<p><b>{title}</b></p>\n" + shown.to_html(index=False)
+        return f"<p><b>{html.escape(title)}</b></p>\n" + shown.to_html(index=False)
     if fmt == "markdown":
         return f"**{title}**\n\n" + shown.to_markdown(index=False, disable_numparse=True)
     plain = shown.to_markdown(index=False, tablefmt="plain", disable_numparse=True)

@@ -165,6 +165,7 @@ def test_html_rendering(table):
     assert text.startswith("<p>Every run: <code>trainer.epochs=2</code></p>")
     assert "<table" in text and "<td>(baseline)</td>" in text
     assert "<p>0 of 1 row tested differ from the baseline" in text
+    assert "resolved: p &lt; 0.05" in text  # escaped
 
 
 def test_unknown_format():
@@ -194,6 +195,7 @@ def test_configuration_whose_runs_all_failed_keeps_a_row_with_n_0(tmp_path, make
     assert math.isnan(table.loc[1, "delta_vs_baseline"])
     no_norm = [c.strip() for c in render(table, "markdown").splitlines()[3].strip("|").split("|")]
     assert no_norm[:4] == ["no norm", "0", "–", "–"]
+    assert "No row could be tested against the baseline" in render(table, "markdown")
 
 
 # The study fixture (conftest.py): a sweep with known numbers, 3 seeds a row.
