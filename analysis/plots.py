@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -71,7 +72,7 @@ def on_scale(extent: np.ndarray, ratio: float = OFF_SCALE_RATIO) -> np.ndarray:
     return keep
 
 
-def _place_labels(ax, points: list[tuple[float, float]], texts: list[str], colors: list[str]) -> None:
+def _place_labels(ax: Axes, points: list[tuple[float, float]], texts: list[str], colors: list[str]) -> None:
     """Write each text next to its point (data coordinates) where it overlaps no point and no earlier text."""
     fig = ax.figure
     fig.draw_without_rendering()  # final layout first: positions below are in display pixels
@@ -121,7 +122,7 @@ def _place_labels(ax, points: list[tuple[float, float]], texts: list[str], color
         taken.append(label.get_window_extent(renderer).padded(1))
 
 
-def _key(ax, numbers: list[int], names: list[str], colors: list[str], title: str) -> None:
+def _key(ax: Axes, numbers: list[int], names: list[str], colors: list[str], title: str) -> None:
     """Write the numbers' names as a column of text in `ax` (an axes kept for it, axis off)."""
     ax.set_axis_off()
     ax.set_title(title, fontsize=8, loc="left")
@@ -131,7 +132,7 @@ def _key(ax, numbers: list[int], names: list[str], colors: list[str], title: str
                 transform=ax.transAxes, family="monospace")  # fmt: skip
 
 
-def _figure(rows: int, with_key: bool) -> tuple[Figure, object, object | None]:
+def _figure(rows: int, with_key: bool) -> tuple[Figure, Axes, Axes | None]:
     fig = Figure(figsize=(10 if with_key else 7, max(5.5, 0.22 * rows + 1.5)), layout="constrained")
     FigureCanvasAgg(fig)
     if not with_key:
