@@ -4,15 +4,15 @@ The last stage of the flow in DESIGN.md: it reads what training wrote (`.hydra/`
 and imports nothing from `metaformer`, `mixers` or torch, so it runs wherever pandas and matplotlib do.
 
     runs = collect_runs(["multirun/2026-11-25/10-00-00"])
-    table = ablation_table(runs)              # or baseline="LN"
+    table = ablation_table(runs)              # or baseline="LN"; a DataFrame: CIs, tests, Holm p, verdicts
     print(render(table, "markdown"))
     write_report(runs, table, "report/")      # or: python -m analysis multirun/... --out report/
 """
 
 from analysis.collect import AnalysisError, collect_runs, find_run_dirs, read_run
-from analysis.plots import plot_delta_vs_baseline, plot_top1_vs_gmacs
+from analysis.plots import plot_delta_vs_baseline, plot_delta_vs_paper, plot_top1_vs_gmacs
 from analysis.report import write_report
-from analysis.table import ablation_table, excluded_runs, render, render_excluded
+from analysis.table import ablation_table, excluded_runs, notes, render, render_excluded, summary
 
 __all__ = [
     "AnalysisError",
@@ -21,9 +21,12 @@ __all__ = [
     "excluded_runs",
     "find_run_dirs",
     "plot_delta_vs_baseline",
+    "plot_delta_vs_paper",
     "plot_top1_vs_gmacs",
+    "notes",
     "read_run",
     "render",
     "render_excluded",
+    "summary",
     "write_report",
 ]

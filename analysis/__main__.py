@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser of `python -m analysis`."""
     parser = argparse.ArgumentParser(
         prog="python -m analysis",
-        description="Ablation table (mean ± std over seeds, Δ vs baseline, cost) of Hydra run folders.",
+        description="Ablation table of Hydra run folders: top-1 with 95% CI over seeds, Δ vs baseline with CI "
+        "(paired by seed, else Welch), Holm-corrected p, verdict against the paper, cost; plots with --out.",
     )
     parser.add_argument(
         "paths",
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the row to compare against, by label or ablation name (default: 'baseline', else 'default', else none)",
     )
     parser.add_argument(
-        "--out", metavar="DIR", help="also write ablation.{md,tex,csv}, runs.csv and PNG plots into DIR"
+        "--out",
+        metavar="DIR",
+        help="also write ablation.{md,tex,csv}, runs.csv and the PNG plots (top-1 vs MACs, Δ vs baseline, "
+        "Δ vs the paper's Δ) into DIR",
     )
     return parser
 
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(render(table, args.format).rstrip())
     if excluded := render_excluded(runs, args.format):
-        # CSV on stdout stays machine-readable: the list goes to stderr.
+        # CSV on stdout stays machine-readable: the list (CSV too, under a "# " title) goes to stderr.
         print("\n" + excluded, file=sys.stderr if args.format == "csv" else sys.stdout)
     if not table["is_baseline"].any():
         print(

@@ -103,6 +103,23 @@ def config_overrides(overrides: Iterable[str]) -> str:
     return " ".join(kept)
 
 
+def split_overrides(overrides: str) -> list[str]:
+    """Split a joined overrides string back into overrides (a value may hold spaces: `a=[x, y] b=1`)."""
+    return [o for o in re.split(r" (?=[+~]?[\w./@-]+=)", overrides) if o]
+
+
+def shared_overrides(overrides: Iterable[str]) -> list[str]:
+    """Return the overrides every configuration shares (none when there is only one configuration), sorted.
+
+    They say how the whole sweep ran (`experiment=mini`, `trainer.epochs=1`): a table prints them once in a
+    header line and leaves them out of its row labels, which then show only what differs.
+    """
+    configurations = {o for o in overrides if isinstance(o, str)}
+    if len(configurations) < 2:
+        return []
+    return sorted(set.intersection(*(set(split_overrides(o)) for o in configurations)))
+
+
 def _read_overrides(path: Path) -> list[str]:
     try:
         overrides = yaml.safe_load(path.read_text())
@@ -147,6 +164,8 @@ def read_run(folder: str | os.PathLike) -> dict:
             record.update(results)
             if "status" not in results:
                 record.update(status="unknown", problem="results.json has no 'status' key")
+            elif results["status"] == "running":
+                record["problem"] = "results.json says running: still running, or killed before it could end"
     if record.get("seed") is None:  # a run that wrote no results still has its seed override
         record["seed"] = _seed_from(overrides)
     record.update(
@@ -199,7 +218,9 @@ def _finish(runs: pd.DataFrame) -> pd.DataFrame:
         borrowed = runs.loc[missing, "overrides"].map(labelled[column])
         runs.loc[missing, column] = runs.loc[missing, column].fillna(borrowed)
     has_label = runs["label"].notna() & (runs["label"].astype(str) != "")
-    runs["config"] = runs["label"].where(has_label, runs["overrides"].replace("", "default"))
+    shared = set(shared_overrides(runs["overrides"]))
+    own = runs["overrides"].map(lambda o: " ".join(x for x in split_overrides(o) if x not in shared))
+    runs["config"] = runs["label"].where(has_label, own.replace("", "default"))
     has_top1 = pd.Series(np.isfinite(runs["top1"].to_numpy(dtype=float)), index=runs.index)
     runs["usable"] = runs["status"].eq("completed") & has_top1
     no_top1 = runs["status"].eq("completed") & ~has_top1

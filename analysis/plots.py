@@ -1,22 +1,44 @@
 """Plots of an ablation table, written as PNG files with matplotlib's Agg renderer (no screen needed).
 
-`plot_top1_vs_gmacs` places each configuration at its cost and accuracy, the trade-off the PoolFormer paper
-argues about; `plot_delta_vs_baseline` shows each row's difference to the baseline. Both take the table from
-`ablation_table` and draw only rows with at least one completed run; error bars are the seed standard deviation
-(none for n = 1). Figures are built with `matplotlib.figure.Figure`, not pyplot, so no global state or GUI
-backend is involved.
+- `plot_delta_vs_baseline`: each row's Δ to its baseline with the 95% CI, in table order, coloured by whether it
+  is resolved. A row far off the others' scale (a collapse at chance) would squeeze every other row into a few
+  pixels, so the axis is clipped to the rest and such rows are drawn at the edge with their value written out.
+- `plot_delta_vs_paper`: our Δ against the paper's Δ, one numbered point per row with a paper number, our CI as
+  the error bar, the y = x line (reproduced) and the zero lines; both axes symmetric-log (linear within ±1 point)
+  so a -70 point collapse and a 0.3 point nuance both stay readable.
+- `plot_top1_vs_gmacs`: top-1 against cost, numbered points, a collapsed row drawn at the bottom edge with its
+  value instead of stretching the axis.
+Points carry numbers placed where they overlap nothing, and a key beside the plot names them: full labels of
+twenty rows at three MAC values cannot be placed without overlap. Figures are built with
+`matplotlib.figure.Figure`, not pyplot, so no global state or GUI backend is involved.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import Bbox
 
 from analysis.collect import AnalysisError
 from analysis.table import varies
+
+RESOLVED_UP, RESOLVED_DOWN, UNRESOLVED = "tab:green", "tab:red", "tab:gray"
+VERDICT_COLORS = {
+    "agrees": "tab:green",
+    "opposite": "tab:red",
+    "not resolved": "tab:gray",
+    "paper: no change": "tab:orange",
+}
+# A row is off scale when its extent is this many times the largest extent of the rows that stay on scale.
+OFF_SCALE_RATIO = 4.0
 
 
 def _names(table: pd.DataFrame) -> pd.Series:
@@ -27,55 +49,260 @@ def _names(table: pd.DataFrame) -> pd.Series:
     return names
 
 
+def _title(text: str, table: pd.DataFrame) -> str:
+    shared = " ".join(table.attrs.get("shared_overrides", []))
+    return f"{text}\nevery run: {shared}" if shared else text
+
+
+def on_scale(extent: np.ndarray, ratio: float = OFF_SCALE_RATIO) -> np.ndarray:
+    """Return which rows stay on a shared scale: all, unless at most a third of them lie `ratio` times beyond
+    the rest (the largest such gap decides), so one collapsed row does not set the axis for twenty others."""
+    extent = np.asarray(extent, dtype=float)
+    finite = np.sort(extent[np.isfinite(extent)])
+    keep = np.ones(len(extent), dtype=bool)
+    best, cut = ratio, None
+    for k in range(1, max(len(finite) // 3, 1) + 1):  # k rows above the cut
+        if len(finite) <= k:
+            break
+        below, above = finite[-k - 1], finite[-k]
+        if below > 0 and above / below >= best:
+            best, cut = above / below, below
+    if cut is not None:
+        keep = ~(extent > cut)
+    return keep
+
+
+def _place_labels(ax: Axes, points: list[tuple[float, float]], texts: list[str], colors: list[str]) -> None:
+    """Write each text next to its point (data coordinates) where it overlaps no point and no earlier text."""
+    fig = ax.figure
+    fig.draw_without_rendering()  # final layout first: positions below are in display pixels
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    marker = 4.0
+    taken = [Bbox.from_bounds(x - marker, y - marker, 2 * marker, 2 * marker) for x, y in map(to_px, points)]
+    frame = ax.get_window_extent(renderer)
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    for (x, y), text, color in zip(points, texts, colors, strict=True):
+        label = ax.annotate(
+            text,
+            (x, y),
+            xytext=(0, 0),
+            textcoords="offset points",
+            fontsize=7,
+            color=color,
+            ha="center",
+            va="center",
+            annotation_clip=False,
+            bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )
+        label.set_in_layout(False)
+        best, best_overlap = None, math.inf
+        for radius in (7, 11, 16, 22, 30):
+            for dx, dy in directions:
+                label.set_position((dx * radius, dy * radius))
+                box = label.get_window_extent(renderer).padded(1)
+                overlap = sum(box.overlaps(t) for t in taken) + (
+                    0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 1
+                )
+                if overlap < best_overlap:
+                    best, best_overlap = (dx * radius, dy * radius), overlap
+                if overlap == 0:
+                    break
+            if best_overlap == 0:
+                break
+        label.set_position(best)
+        if abs(best[0]) > 7 or abs(best[1]) > 7:  # away from its point: a leader line says whose it is
+            ax.annotate(
+                "",
+                (x, y),
+                xytext=best,
+                textcoords="offset points",
+                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6, "shrinkB": 2},
+            ).set_in_layout(False)
+        taken.append(label.get_window_extent(renderer).padded(1))
+
+
+def _key(ax: Axes, numbers: list[int], names: list[str], colors: list[str], title: str) -> None:
+    """Write the numbers' names as a column of text in `ax` (an axes kept for it, axis off)."""
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8, loc="left")
+    rows = len(names)
+    for i, (number, name, color) in enumerate(zip(numbers, names, colors, strict=True)):
+        ax.text(0, 1 - (i + 0.5) / max(rows, 16), f"{number:>2}  {name}", fontsize=7, color=color, va="center",
+                transform=ax.transAxes, family="monospace")  # fmt: skip
+
+
+def _figure(rows: int, with_key: bool) -> tuple[Figure, Axes, Axes | None]:
+    fig = Figure(figsize=(10 if with_key else 7, max(5.5, 0.22 * rows + 1.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    if not with_key:
+        return fig, fig.add_subplot(), None
+    ax, key = fig.subplots(1, 2, width_ratios=[2, 1])
+    return fig, ax, key
+
+
 def plot_top1_vs_gmacs(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a top-1 vs MACs scatter, one labelled point per configuration, to `path`; return the path."""
+    """Write top-1 vs MACs, one numbered point per configuration (95% CI bars) and a key, to `path`."""
     rows = table.assign(name=_names(table))
-    rows = rows[(rows["n"] > 0) & rows["gmacs"].notna()]
-    fig = Figure(figsize=(7, 5), layout="constrained")
-    ax = fig.add_subplot()
-    groups = rows["group"].fillna("")
-    for group, sub in rows.groupby(groups, sort=False):
-        ax.errorbar(
-            sub["gmacs"], sub["top1_mean"], yerr=sub["top1_std"], fmt="o", capsize=3, label=group or None
-        )
-    for row in rows.itertuples():
-        ax.annotate(
-            row.name, (row.gmacs, row.top1_mean), xytext=(4, 4), textcoords="offset points", fontsize=8
-        )
+    rows = rows[(rows["n"] > 0) & rows["gmacs"].notna()].reset_index(drop=True)
+    fig, ax, key = _figure(len(rows), with_key=not rows.empty)
     if rows.empty:
         ax.text(0.5, 0.5, "no completed run with MACs", ha="center", va="center", transform=ax.transAxes)
-    if groups.ne("").any():
-        ax.legend(title="group", fontsize=8)
-    ax.margins(x=0.2, y=0.1)  # room for the labels
+    else:
+        mean = rows["top1_mean"].to_numpy(dtype=float)
+        low = rows["top1_ci_low"].fillna(rows["top1_mean"]).to_numpy(dtype=float)
+        high = rows["top1_ci_high"].fillna(rows["top1_mean"]).to_numpy(dtype=float)
+        keep = on_scale(np.abs(mean - np.median(mean)))
+        groups = rows["group"].fillna("").astype(str)
+        cycle = [f"C{i}" for i in range(10)]
+        color_of = {g: cycle[i % 10] for i, g in enumerate(dict.fromkeys(groups))}
+        colors = [color_of[g] for g in groups]
+        inside = rows[keep]
+        ax.errorbar(
+            inside["gmacs"],
+            mean[keep],
+            yerr=[mean[keep] - low[keep], high[keep] - mean[keep]],
+            fmt="none",
+            ecolor="0.75",
+            elinewidth=0.8,
+            capsize=2,
+        )
+        ax.scatter(
+            inside["gmacs"], mean[keep], c=[c for c, k in zip(colors, keep, strict=True) if k], s=18, zorder=3
+        )
+        # The axis follows the means: CIs of two or three seeds can be wider than every difference in the table,
+        # and an axis fitted to them would crowd the points; their bars run off the frame instead.
+        bottom, top = mean[keep].min(), mean[keep].max()
+        pad = 0.12 * max(top - bottom, 0.5)
+        edge = bottom - 2 * pad
+        ax.set_ylim(edge - pad if (~keep).any() else bottom - pad, top + pad)
+        for i in np.flatnonzero(~keep):  # off scale: a marker at the edge, the value written out
+            ax.scatter([rows["gmacs"][i]], [edge], marker="v", c=[colors[i]], s=30, zorder=3)
+            ax.annotate(f"{mean[i]:.2f}% (off scale)", (rows["gmacs"][i], edge), xytext=(0, -8),
+                        textcoords="offset points", fontsize=7, color=colors[i], ha="center",
+                        va="top").set_in_layout(False)  # fmt: skip
+        ax.margins(x=0.15)
+        points = [(g, m if k else edge) for g, m, k in zip(rows["gmacs"], mean, keep, strict=True)]
+        numbers = list(range(1, len(rows) + 1))
+        _place_labels(ax, points, [str(n) for n in numbers], colors)
+        names = [
+            f"{name} ({m:.1f}, off scale)" if not k else name
+            for name, m, k in zip(rows["name"], mean, keep, strict=True)
+        ]
+        _key(key, numbers, names, colors, "rows (colour: group)" if groups.ne("").any() else "rows")
     ax.set_xlabel("MACs (G)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("top-1 vs MACs (mean ± std over seeds)")
+    ax.set_title(
+        _title("top-1 vs MACs (mean over seeds; bars: 95% CI, may run off the frame)", table), fontsize=9
+    )
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
     return Path(path)
 
 
 def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write horizontal bars of each row's top-1 difference to the baseline (std error bars) to `path`."""
+    """Write each row's Δ to the baseline with its 95% CI (clipped axis for far-off rows) to `path`."""
     rows = table.assign(name=_names(table))
-    rows = rows[rows["delta_vs_baseline"].notna()]
+    rows = rows[rows["delta_vs_baseline"].notna() & ~rows["is_baseline"]].reset_index(drop=True)
     if rows.empty:
         raise AnalysisError(
             "no row has a difference to a baseline; give a baseline label present in the table"
         )
-    baseline = ", ".join(rows.loc[rows["is_baseline"], "name"]) or "baseline"
-    fig = Figure(figsize=(7, 1.2 + 0.35 * len(rows)), layout="constrained")
+    baseline = ", ".join(_names(table)[table["is_baseline"]]) or "baseline"
+    delta = rows["delta_vs_baseline"].to_numpy(dtype=float)
+    low = rows["delta_ci_low"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
+    high = rows["delta_ci_high"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
+    keep = on_scale(np.maximum(np.abs(low), np.abs(high)))
+    limit = 1.08 * max(np.abs(low[keep]).max(), np.abs(high[keep]).max(), 0.1)
+    fig = Figure(figsize=(8, 1.6 + 0.3 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    deltas = rows["delta_vs_baseline"]
-    colors = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
-    colors = ["tab:gray" if b else c for b, c in zip(rows["is_baseline"], colors, strict=True)]
-    y = range(len(rows))
-    ax.barh(y, deltas, xerr=rows["top1_std"], color=colors, capsize=3)
+    y = np.arange(len(rows))
+    resolved = rows["resolved"].astype(bool).to_numpy()
+    colors = [
+        (RESOLVED_UP if d > 0 else RESOLVED_DOWN) if r else UNRESOLVED
+        for d, r in zip(delta, resolved, strict=True)
+    ]
+    for i in range(len(rows)):
+        if keep[i]:
+            ax.errorbar(delta[i], y[i], xerr=[[delta[i] - low[i]], [high[i] - delta[i]]], fmt="o",
+                        color=colors[i], ms=4, capsize=2, elinewidth=1)  # fmt: skip
+            if np.isnan(rows["delta_ci_low"][i]):
+                ax.annotate(f"no CI ({rows['test'][i] or 'no test'})".replace("(none (n=1))", "(n=1)"), (delta[i], y[i]), xytext=(6, 0),
+                            textcoords="offset points", fontsize=7, va="center", color=colors[i])  # fmt: skip
+        else:
+            side = np.sign(delta[i])
+            ax.plot(side * limit * 0.97, y[i], marker=">" if side > 0 else "<", color=colors[i], ms=7)
+            ci = "" if np.isnan(rows["delta_ci_low"][i]) else f" [{low[i]:+.2f}, {high[i]:+.2f}]"
+            ax.annotate(f"{delta[i]:+.2f}{ci} (off scale)", (side * limit * 0.97, y[i]),
+                        xytext=(-8 * side, 0), textcoords="offset points", ha="right" if side > 0 else "left",
+                        va="center", fontsize=7, color=colors[i])  # fmt: skip
+    ax.set_xlim(-limit, limit)
     ax.set_yticks(list(y), rows["name"].tolist(), fontsize=8)
-    ax.invert_yaxis()  # the table's first row on top
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
+    groups = rows["group"].fillna("").astype(str).tolist()
+    starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]]
+    for start, end in zip(starts, [*starts[1:], len(groups)], strict=True):
+        if start:
+            ax.axhline(start - 0.5, color="0.8", linewidth=0.8)
+        ax.text(1.01, (start + end - 1) / 2, groups[start], transform=ax.get_yaxis_transform(), fontsize=7,
+                style="italic", color="0.3", va="center")  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"top-1 difference to {baseline} (points)")
-    ax.set_title("Δ top-1 vs baseline (error bars: std over seeds)")
+    ax.set_xlabel(f"top-1 difference to {baseline} (points), 95% CI")
+    legend = [
+        ax.scatter([], [], color=c, label=text)
+        for c, text in (
+            (RESOLVED_UP, "resolved, up"),
+            (RESOLVED_DOWN, "resolved, down"),
+            (UNRESOLVED, "not resolved"),
+        )
+    ]
+    fig.legend(handles=legend, fontsize=7, loc="outside lower center", ncols=3, title="Holm-corrected, 5%",
+               title_fontsize=7)  # fmt: skip
+    ax.set_title(_title("Δ top-1 vs baseline", table), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def plot_delta_vs_paper(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write our Δ against the paper's Δ (numbered points, 95% CI bars, y = x and zero lines, a key) to `path`."""
+    rows = table.assign(name=_names(table))
+    rows = rows[rows["paper_delta"].notna() & rows["delta_vs_baseline"].notna() & ~rows["is_baseline"]]
+    rows = rows.reset_index(drop=True)
+    if rows.empty:
+        raise AnalysisError(
+            "no row has both a Δ of ours and a paper Δ; the table needs paper_top1 and a baseline"
+        )
+    fig, ax, key = _figure(len(rows), with_key=True)
+    ours = rows["delta_vs_baseline"].to_numpy(dtype=float)
+    paper = rows["paper_delta"].to_numpy(dtype=float)
+    low = rows["delta_ci_low"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
+    high = rows["delta_ci_high"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
+    colors = [VERDICT_COLORS.get(v, "tab:gray") for v in rows["verdict"]]
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.errorbar(
+        paper, ours, yerr=[ours - low, high - ours], fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2
+    )
+    ax.scatter(paper, ours, c=colors, s=18, zorder=3)
+    reach = 1.3 * max(np.abs(np.concatenate([paper, low, high])).max(), 2.0)
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-reach, reach)
+    ax.plot([-reach, reach], [-reach, reach], color="0.5", linestyle="--", linewidth=0.8, label="y = x")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_aspect("equal")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    numbers = list(range(1, len(rows) + 1))
+    _place_labels(ax, list(zip(paper, ours, strict=True)), [str(n) for n in numbers], colors)
+    names = [f"{n} ({v})" for n, v in zip(rows["name"], rows["verdict"], strict=True)]
+    _key(key, numbers, names, colors, "rows (colour: verdict)")
+    ax.set_xlabel("paper Δ top-1 (points, symlog: linear within ±1)")
+    ax.set_ylabel("our Δ top-1 with 95% CI (points, symlog)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(_title("our Δ vs the paper's Δ, each to its baseline", table), fontsize=9)
+    ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
     return Path(path)

@@ -3,7 +3,8 @@
 `write_report` writes `ablation.md`, `ablation.tex` and `ablation.csv` (the table, whatever format was printed,
 so a paper, a notebook and a README each find theirs), `runs.csv` (one row per run, failed ones included, every
 results.json key; `python -m analysis runs.csv` reads it back), `top1_vs_gmacs.png` and, when the table has a
-baseline, `delta_vs_baseline.png`. The markdown and LaTeX files end with the runs left out of the averages.
+baseline, `delta_vs_baseline.png`, and when rows also have the paper's numbers, `delta_vs_paper.png`. The markdown and LaTeX
+files end with the runs left out of the averages (with the reason, the diverged step and the signal).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.plots import plot_delta_vs_baseline, plot_top1_vs_gmacs
+from analysis.plots import plot_delta_vs_baseline, plot_delta_vs_paper, plot_top1_vs_gmacs
 from analysis.table import render, render_excluded
 
 TABLE_FILES = {"markdown": "ablation.md", "latex": "ablation.tex", "csv": "ablation.csv"}
@@ -33,6 +34,8 @@ def write_report(runs: pd.DataFrame, table: pd.DataFrame, out: str | os.PathLike
     runs.to_csv(out / "runs.csv", index=False)
     written.append(out / "runs.csv")
     written.append(plot_top1_vs_gmacs(table, out / "top1_vs_gmacs.png"))
-    if table["delta_vs_baseline"].notna().any():
+    if (table["delta_vs_baseline"].notna() & ~table["is_baseline"]).any():
         written.append(plot_delta_vs_baseline(table, out / "delta_vs_baseline.png"))
+    if (table["paper_delta"].notna() & table["delta_vs_baseline"].notna() & ~table["is_baseline"]).any():
+        written.append(plot_delta_vs_paper(table, out / "delta_vs_paper.png"))
     return written

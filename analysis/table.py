@@ -1,10 +1,17 @@
-"""Ablation tables: runs grouped into configurations across seeds, compared to a baseline, rendered.
+"""Ablation tables: runs grouped into configurations across seeds, tested against a baseline, rendered.
 
 `ablation_table` turns the runs DataFrame from `collect_runs` into one row per configuration: a configuration
 is its `label` (or its overrides without the seed) on one `data` and `model`, so the same label trained on two
 data sets gives two rows. Only runs with status "completed" and a finite top-1 enter the statistics; the others
-stay in the runs DataFrame and `render_excluded` lists them, and a configuration whose runs all failed keeps its
-row with n = 0. The table stays numeric; `render` formats it as markdown, LaTeX or CSV.
+stay in the runs DataFrame and `render_excluded` lists them with the reason, and a configuration whose runs all
+failed keeps its row with n = 0.
+
+Per row: n, mean top-1 and its 95% CI; against the baseline of the same data and model, Δ with its 95% CI and
+the test that gave it (paired by seed, else Welch), the p-value Holm-corrected over the rows tested and whether
+it is resolved at 5%; where the row has a paper number, the paper's Δ to its baseline and a verdict; for rows
+not resolved, an estimate of the seeds that would resolve the observed Δ. `analysis.stats` holds the statistics.
+The table stays numeric; `render` formats it as markdown, LaTeX, CSV or HTML, with the overrides every run
+shares in a header line, the methods in a note and a summary paragraph generated from the numbers.
 
 Row order: per data set and model (first seen), the baseline row first, then the ablation groups in the order
 their first run was found (folders in natural order: job 2 before job 10), rows within a group likewise. That is
@@ -17,15 +24,40 @@ guessing a reference row would print differences to something nobody chose.
 
 from __future__ import annotations
 
+import html
+import math
+
 import numpy as np
 import pandas as pd
 
-from analysis.collect import AnalysisError
+from analysis.collect import AnalysisError, shared_overrides
+from analysis.stats import (
+    ALPHA,
+    BOOTSTRAP_MIN_N,
+    MAX_SEEDS,
+    POWER,
+    compare,
+    holm,
+    mean_interval,
+    seeds_needed,
+    verdict,
+)
 
-FORMATS = ("markdown", "latex", "csv")
+FORMATS = ("markdown", "latex", "csv", "html")
 DEFAULT_BASELINES = ("baseline", "default")
-TEXT_COLUMNS = ("label", "data", "model", "group")
-EXCLUDED_COLUMNS = ["status", "config", "seed", "epochs_logged", "folder", "problem"]
+TEXT_COLUMNS = ("label", "data", "model", "group", "test", "resolved", "verdict")
+EXCLUDED_COLUMNS = [
+    "label",
+    "seed",
+    "status",
+    "reason",
+    "diverged_epoch",
+    "diverged_batch",
+    "diverged_step",
+    "signal",
+    "epochs_logged",
+    "folder",
+]
 
 
 def _first_seen(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -51,8 +83,58 @@ def _baseline_mask(table: pd.DataFrame, baseline: str | None) -> pd.Series:
     )
 
 
+def _statistics(table: pd.DataFrame, top1: list[pd.Series]) -> pd.DataFrame:
+    """Add the intervals, the tests against each row's baseline, Holm, the verdict and the seeds needed.
+
+    `top1[i]` holds row i's completed runs' top-1, indexed by seed.
+    """
+    intervals = [mean_interval(runs.to_numpy()) for runs in top1]
+    table["top1_ci_low"] = [i.low for i in intervals]
+    table["top1_ci_high"] = [i.high for i in intervals]
+    table["top1_ci_method"] = [i.method if n else None for i, n in zip(intervals, table["n"], strict=True)]
+
+    family = _first_seen(table, ["data", "model"])  # each data set and model has its own baseline
+    base_of = {f: i for i, (f, b) in enumerate(zip(family, table["is_baseline"], strict=True)) if b}
+    comparisons = []
+    for i, (f, is_base) in enumerate(zip(family, table["is_baseline"], strict=True)):
+        base = base_of.get(f)
+        if is_base or base is None or top1[i].empty or top1[base].empty:
+            comparisons.append(None)
+        else:
+            comparisons.append(compare(top1[i], top1[base]))
+    table["delta_vs_baseline"] = [
+        c.delta if c else (0.0 if b and n else math.nan)
+        for c, b, n in zip(comparisons, table["is_baseline"], table["n"], strict=True)
+    ]
+    for column, attribute in (("delta_ci_low", "low"), ("delta_ci_high", "high"), ("p_value", "p")):
+        table[column] = [getattr(c, attribute) if c else math.nan for c in comparisons]
+    table["test"] = [c.test if c else None for c in comparisons]
+    table["n_pairs"] = [c.n_pairs if c else 0 for c in comparisons]
+    table["p_holm"] = holm(table["p_value"].to_numpy())
+    table["resolved"] = table["p_holm"].lt(ALPHA)
+
+    paper_base = table["paper_top1"].where(table["is_baseline"]).groupby(family).transform("first")
+    table["paper_delta"] = (table["paper_top1"] - paper_base).where(~table["is_baseline"])
+    table["verdict"] = [
+        verdict(r, d, p) if math.isfinite(d) else None
+        for r, d, p in zip(table["resolved"], table["delta_vs_baseline"], table["paper_delta"], strict=True)
+    ]
+    # The estimate must hold whichever rows the others are: Holm's strictest step is ALPHA / (rows tested).
+    tests = max(int(table["p_value"].notna().sum()), 1)
+    table["seeds_needed"] = [
+        math.nan
+        if c is None or r
+        else seeds_needed(c.delta, c.sd, None if c.paired else c.sd_base, alpha=ALPHA / tests)
+        for c, r in zip(comparisons, table["resolved"], strict=True)
+    ]
+    return table
+
+
 def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """Return one row per configuration: n, top-1 mean/std over completed seeds, delta to baseline, cost."""
+    """Return one row per configuration: n, top-1 with 95% CI, Δ to baseline with CI, test, Holm p, verdict, cost.
+
+    `table.attrs["shared_overrides"]` lists the overrides every run shares (left out of the row labels).
+    """
     runs = runs.reset_index(drop=True)
     ok = runs["usable"].astype(bool)
     work = runs.assign(
@@ -79,13 +161,13 @@ def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         n_excluded=("_excluded", "sum"),
     )
     table["seeds"] = grouped["_seed"].agg(_seeds)
+    # Iterating the groups follows the same first-seen order as the aggregated rows.
+    top1 = [g.dropna(subset=["_top1"]).set_index("_seed")["_top1"] for _, g in grouped[["_seed", "_top1"]]]
     table = table.reset_index().rename(columns={"config": "label"})
+    table["is_baseline"] = _baseline_mask(table, baseline)
+    table = _statistics(table, top1)
 
-    is_baseline = _baseline_mask(table, baseline)
-    base = table["top1_mean"].where(is_baseline).groupby([table["data"], table["model"]], dropna=False)
-    table["delta_vs_baseline"] = table["top1_mean"] - base.transform("first")
-    table["is_baseline"] = is_baseline
-
+    is_baseline = table["is_baseline"]
     order = np.lexsort(  # the last key sorts first
         (
             np.arange(len(table)),
@@ -104,9 +186,25 @@ def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         "n",
         "top1_mean",
         "top1_std",
+        "top1_ci_low",
+        "top1_ci_high",
+        "top1_ci_method",
         "delta_vs_baseline",
+        "delta_ci_low",
+        "delta_ci_high",
+        "test",
+        "n_pairs",
+        "p_value",
+        "p_holm",
+        "resolved",
+        "paper_top1",
+        "paper_delta",
+        "verdict",
+        "seeds_needed",
     ]
-    return table[columns + [c for c in table.columns if c not in columns]]
+    table = table[columns + [c for c in table.columns if c not in columns]]
+    table.attrs["shared_overrides"] = shared_overrides(runs["overrides"])
+    return table
 
 
 def varies(table: pd.DataFrame, column: str) -> bool:
@@ -120,10 +218,29 @@ def _number(value: float, digits: int, dash: str, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _with_ci(value: float, low: float, high: float, sign: bool, dash: str) -> str:
+    text = _number(value, 2, dash, sign)
+    if pd.isna(value) or pd.isna(low):
+        return text
+    return f"{text} [{_number(low, 2, dash, sign)}, {_number(high, 2, dash, sign)}]"
+
+
+def _p(value: float, dash: str) -> str:
+    if pd.isna(value):
+        return dash
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _seeds_text(value: float, dash: str) -> str:
+    if pd.isna(value):
+        return dash
+    return f">{MAX_SEEDS}" if math.isinf(value) else f"≈{int(value)}"
+
+
 def _display(table: pd.DataFrame, fmt: str) -> pd.DataFrame:
-    """The table as strings, with the columns a reader wants: n=1 shows the mean alone, missing values a dash."""
+    """The table as strings, with the columns a reader wants; missing values a dash, n=1 says it has no CI."""
     latex = fmt == "latex"
-    dash, pm = ("--", " $\\pm$ ") if latex else ("–", " ± ")
+    dash = "--" if latex else "–"
     text = _latex_escape if latex else str
     out = pd.DataFrame({"label": table["label"].map(text)})
     for column in ("data", "model"):
@@ -132,20 +249,48 @@ def _display(table: pd.DataFrame, fmt: str) -> pd.DataFrame:
     if table["group"].notna().any():
         out["group"] = table["group"].fillna("").astype(str).map(text)
     out["n"] = table["n"].astype(int).astype(str)
-    out[f"top-1 (mean{pm}std)"] = [
-        _number(m, 2, dash) + ("" if pd.isna(s) else pm + f"{s:.2f}")
-        for m, s in zip(table["top1_mean"], table["top1_std"], strict=True)
+    out["top-1 [95% CI]"] = [
+        _with_ci(m, lo, hi, False, dash) + (" (n=1: no CI)" if n == 1 else "")
+        for m, lo, hi, n in zip(
+            table["top1_mean"], table["top1_ci_low"], table["top1_ci_high"], table["n"], strict=True
+        )
     ]
     if table["is_baseline"].any():
-        out["$\\Delta$ vs baseline" if latex else "Δ vs baseline"] = [
-            "(baseline)" if b and not pd.isna(d) else _number(d, 2, dash, sign=True)
-            for b, d in zip(table["is_baseline"], table["delta_vs_baseline"], strict=True)
+        out["Δ [95% CI]"] = [
+            "(baseline)"
+            if b and not pd.isna(d)
+            else _with_ci(d, lo, hi, True, dash) + (" (no CI)" if not pd.isna(d) and pd.isna(lo) else "")
+            for b, d, lo, hi in zip(
+                table["is_baseline"],
+                table["delta_vs_baseline"],
+                table["delta_ci_low"],
+                table["delta_ci_high"],
+                strict=True,
+            )
         ]
-    if table["paper_top1"].notna().any():
+        out["test"] = [
+            dash if pd.isna(t) else (f"{t} ({k})" if k else t)
+            for t, k in zip(table["test"], table["n_pairs"], strict=True)
+        ]
+        out["p (Holm)"] = table["p_holm"].map(lambda v: _p(v, dash))
+        out["resolved"] = [
+            "yes" if r else ("no" if not pd.isna(p) else dash)
+            for r, p in zip(table["resolved"], table["p_holm"], strict=True)
+        ]
+        if table["paper_delta"].notna().any():
+            out["paper Δ"] = table["paper_delta"].map(
+                lambda v: "0.0" if abs(v) < 0.05 else _number(v, 1, dash, sign=True)
+            )
+            out["verdict"] = table["verdict"].fillna(dash)
+        out["seeds to resolve (est.)"] = table["seeds_needed"].map(lambda v: _seeds_text(v, dash))
+    elif table["paper_top1"].notna().any():
         out["paper top-1"] = table["paper_top1"].map(lambda v: _number(v, 1, dash))
     out["params (M)"] = table["params_m"].map(lambda v: _number(v, 1, dash))
     out["MACs (G)"] = table["gmacs"].map(lambda v: _number(v, 2, dash))
     out["img/s"] = table["img_per_s"].map(lambda v: _number(v, 0, dash))
+    if latex:
+        out.columns = [c.replace("Δ", "$\\Delta$").replace("%", "\\%") for c in out.columns]
+        out = out.map(lambda v: v.replace("≈", "$\\approx$").replace("<", "$<$").replace(">", "$>$"))
     return out
 
 
@@ -155,37 +300,185 @@ def _latex_escape(text: str) -> str:
     return text.replace("~", "\\textasciitilde{}").replace("^", "\\textasciicircum{}")
 
 
+def _listing(rows: pd.DataFrame, with_delta: bool = True) -> str:
+    items = [
+        f"{label} ({delta:+.2f})" if with_delta else str(label)
+        for label, delta in zip(rows["label"], rows["delta_vs_baseline"], strict=True)
+    ]
+    return ", ".join(items)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _against_paper(rows: pd.DataFrame) -> str:
+    return ", ".join(
+        f"{label}: {delta:+.2f} where the paper has {paper:+.1f}"
+        for label, delta, paper in zip(
+            rows["label"], rows["delta_vs_baseline"], rows["paper_delta"], strict=True
+        )
+    )
+
+
+def notes(table: pd.DataFrame) -> str:
+    """Return what the columns mean: the CI method, the tests, Holm over how many rows, the verdict, the estimate."""
+    parts = [
+        f"top-1: mean over seeds with its 95% CI (t-interval below {BOOTSTRAP_MIN_N} seeds, BCa bootstrap from "
+        f"{BOOTSTRAP_MIN_N} on; none for one seed)."
+    ]
+    if table["is_baseline"].any():
+        tests = int(table["p_value"].notna().sum())
+        parts.append(
+            "Δ: top-1 minus the baseline's (same data and model; over the paired seeds when paired) with its 95% "
+            "CI; test: paired t-test over the seeds both rows ran (their count in brackets; same seed = same "
+            "initialisation and data order), "
+            "Welch's t-test when they share fewer than two; none when a row has one run. "
+            f"p: two-sided, Holm-corrected over the {_count(tests, 'row')} tested; resolved: p < {ALPHA:g}."
+        )
+        if table["paper_delta"].notna().any():
+            parts.append(
+                "paper Δ: the paper's top-1 difference to its baseline; verdict: agrees / opposite (resolved, "
+                "with the paper's sign / the other sign), not resolved, or paper: no change (resolved where the "
+                "paper's Δ is 0.0)."
+            )
+        parts.append(
+            f"seeds to resolve: an estimate, not a measurement: seeds per row that would give {POWER:.0%} power "
+            f"to the same test at α = {ALPHA:g}/{max(tests, 1)} (Holm's strictest step), taking the observed Δ "
+            "and spread as the truth."
+        )
+    return " ".join(parts)
+
+
+def summary(table: pd.DataFrame) -> str:
+    """Return one paragraph, generated from the numbers: what is resolved, what agrees with the paper, what not."""
+    if not table["is_baseline"].any():
+        return f"{len(table)} configurations; no baseline row, so no comparison (pass --baseline LABEL)."
+    rows = table[~table["is_baseline"]]
+    tested = rows[rows["p_value"].notna()]
+    resolved = tested[tested["resolved"]]
+    if tested.empty:
+        return (
+            "No row could be tested against the baseline: a test needs at least two completed runs in both rows "
+            "(and a baseline on the same data and model)."
+        )
+    sentences = [
+        f"{len(resolved)} of {_count(len(tested), 'row')} tested differ from the baseline at the 5% level after Holm "
+        f"correction" + (f": {_listing(resolved)}." if len(resolved) else ".")
+    ]
+    untested = rows[rows["p_value"].isna()]
+    if len(untested):
+        sentences.append(
+            f"{_count(len(untested), 'row')} could not be tested (one run, or none): "
+            f"{_listing(untested, with_delta=False)}."
+        )
+    with_paper = rows[rows["verdict"].notna()]
+    if len(with_paper):
+        counts = with_paper["verdict"].value_counts()
+        agree = with_paper[with_paper["verdict"].eq("agrees")]
+        opposite = with_paper[with_paper["verdict"].eq("opposite")]
+        sentence = (
+            f"Of the {_count(len(with_paper), 'row')} with a paper number, {len(agree)} "
+            f"{'agrees' if len(agree) == 1 else 'agree'} with the paper's direction"
+            + (f" ({_listing(agree, with_delta=False)})" if len(agree) else "")
+            + f", {len(opposite)} {'is' if len(opposite) == 1 else 'are'} opposite"
+            + (f" ({_against_paper(opposite)})" if len(opposite) else "")
+            + f" and {counts.get('not resolved', 0)} {'is' if counts.get('not resolved', 0) == 1 else 'are'} "
+            "not resolved"
+        )
+        if counts.get("paper: no change", 0):
+            sentence += f"; {_count(counts['paper: no change'], 'row')} differ where the paper saw no change"
+        sentences.append(sentence + ".")
+    needed = rows.loc[rows["p_value"].notna() & ~rows["resolved"], "seeds_needed"]
+    if len(needed):
+        finite = needed[np.isfinite(needed)]
+        estimate = (
+            f"a median of about {int(finite.median())} seeds per row (estimate)"
+            if len(finite)
+            else "more than 1000 seeds per row"
+        )
+        beyond = int(np.isinf(needed).sum())
+        sentences.append(
+            f"At the noise observed, resolving the {_count(len(needed), 'unresolved row')} would take {estimate}"
+            + (f"; {beyond} would need more than 1000 (Δ near zero)" if beyond and len(finite) else "")
+            + "."
+        )
+    return " ".join(sentences)
+
+
 def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
-    """Return the ablation table as markdown, LaTeX (booktabs) or CSV (numbers unformatted) text."""
+    """Return the ablation table as markdown, LaTeX (booktabs), CSV (numbers unformatted) or HTML text.
+
+    Markdown and HTML carry the shared overrides above the table and the notes and summary below it; LaTeX
+    carries them as comments; CSV is the table alone.
+    """
     if fmt not in FORMATS:
         raise AnalysisError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.6g")
     shown = _display(table, fmt)
+    shared = " ".join(table.attrs.get("shared_overrides", []))
+    below = [notes(table), summary(table)]
+    if fmt == "html":
+        head = f"<p>Every run: <code>{html.escape(shared)}</code></p>\n" if shared else ""
+        return head + shown.to_html(index=False) + "".join(f"\n<p>{html.escape(p)}</p>" for p in below)
     align = ["left" if c in TEXT_COLUMNS else "right" for c in shown.columns]
     if fmt == "markdown":
-        return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
-    return shown.to_latex(index=False, escape=False, column_format="".join(a[0] for a in align))
+        head = f"Every run: `{shared}`\n\n" if shared else ""
+        body = shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+        return head + body + "".join(f"\n\n{p}" for p in below)
+    head = f"% every run: {shared}\n" if shared else ""
+    body = shown.to_latex(index=False, escape=False, column_format="".join(a[0] for a in align))
+    return head + body + "".join(f"% {p}\n" for p in below)
 
 
 def excluded_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Return the runs left out of the averages (failed, diverged, incomplete, no top-1) and why."""
-    excluded = runs.loc[~runs["usable"].astype(bool), EXCLUDED_COLUMNS]
-    return excluded.rename(columns={"config": "label"}).reset_index(drop=True)
+    """Return the runs left out of the averages and why: status, reason (results.json's error, else what analysis
+    found), the diverged step (epoch, batch, step) and the signal that stopped the run, where there are ones."""
+    excluded = (
+        runs.loc[~runs["usable"].astype(bool)].drop(columns="label").rename(columns={"config": "label"})
+    )
+    excluded = excluded.reindex(columns=sorted(set(EXCLUDED_COLUMNS) | {"error", "problem"}))
+    excluded["reason"] = excluded["error"].where(excluded["error"].notna(), excluded["problem"])
+    for column in ("diverged_epoch", "diverged_batch", "diverged_step", "epochs_logged", "seed"):
+        excluded[column] = pd.to_numeric(excluded[column], errors="coerce").astype("Int64")
+    return excluded[EXCLUDED_COLUMNS].reset_index(drop=True)
+
+
+EXCLUDED_TITLE = "Runs not in the averages ({}): failed, diverged, preempted, incomplete or without a top-1"
 
 
 def render_excluded(runs: pd.DataFrame, fmt: str = "markdown") -> str:
-    """Return the list of runs left out of the averages, as markdown, LaTeX comments or plain text; '' if none."""
+    """Return the list of runs left out of the averages ('' if none): markdown, LaTeX comments, CSV or HTML.
+
+    CSV has every column of `excluded_runs` under a `# ` title line; the others show the status, the reason, the
+    diverged step and the signal where any run has them.
+    """
     excluded = excluded_runs(runs)
     if excluded.empty:
         return ""
-    excluded["seed"] = excluded["seed"].map(lambda s: "" if pd.isna(s) else _seeds(pd.Series([s])))
-    excluded["epochs_logged"] = excluded["epochs_logged"].map(lambda e: "" if pd.isna(e) else str(int(e)))
-    excluded = excluded.fillna("").astype(str)
-    title = f"Runs not in the averages ({len(excluded)}): failed, diverged, incomplete or without a top-1"
+    title = EXCLUDED_TITLE.format(len(excluded))
+    if fmt == "csv":
+        return f"# {title}\n" + excluded.to_csv(index=False)
+    shown = pd.DataFrame(
+        {
+            "label": excluded["label"],
+            "seed": excluded["seed"],
+            "status": excluded["status"],
+            "reason": excluded["reason"].map(lambda r: r if pd.isna(r) or len(r) <= 160 else r[:159] + "…"),
+            "diverged at (epoch, batch)": [
+                None if pd.isna(e) else f"epoch {e}, batch {b}"
+                for e, b in zip(excluded["diverged_epoch"], excluded["diverged_batch"], strict=True)
+            ],
+            "signal": excluded["signal"],
+            "epochs logged": excluded["epochs_logged"],
+            "folder": excluded["folder"],
+        }
+    )
+    shown = shown.dropna(axis=1, how="all").astype(object).fillna("").astype(str)
+    if fmt == "html":
+        return f"<p><b>{html.escape(title)}</b></p>\n" + shown.to_html(index=False)
     if fmt == "markdown":
-        return f"**{title}**\n\n" + excluded.to_markdown(index=False, disable_numparse=True)
-    plain = excluded.to_markdown(index=False, tablefmt="plain", disable_numparse=True)
-    if fmt == "latex":
-        return "\n".join("% " + line for line in [title, *plain.splitlines()])
-    return f"{title}\n{plain}"
+        return f"**{title}**\n\n" + shown.to_markdown(index=False, disable_numparse=True)
+    plain = shown.to_markdown(index=False, tablefmt="plain", disable_numparse=True)
+    return "\n".join("% " + line for line in [title, *plain.splitlines()])

@@ -1,6 +1,7 @@
 """`python -m analysis` as a user runs it: printed tables, written files and plots, exit codes on bad input."""
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -24,8 +25,9 @@ def test_markdown_table_files_and_plots(multirun, tmp_path, capsys):
     out = tmp_path / "report"
     assert main([str(multirun), "--out", str(out), "--format", "markdown"]) == 0
     stdout = capsys.readouterr().out
-    assert stdout.startswith("| label")
-    assert "| baseline " in stdout and "71.00 ± 1.41" in stdout and "+1.50" in stdout
+    assert stdout.startswith("Every run: `trainer.epochs=2`\n\n| label")
+    assert "| baseline " in stdout and "71.00 [58.29, 83.71]" in stdout and "+1.50 [-4.85, +7.85]" in stdout
+    assert "0 of 1 row tested differ" in stdout  # the summary
     assert "Runs not in the averages (4)" in stdout
     assert "diverged" in stdout and "incomplete" in stdout
     assert str(multirun / "2026-11-25" / "10-00-00" / "7") in stdout
@@ -33,6 +35,7 @@ def test_markdown_table_files_and_plots(multirun, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert is_png(out / "top1_vs_gmacs.png")
     assert is_png(out / "delta_vs_baseline.png")
+    assert is_png(out / "delta_vs_paper.png")
     assert "Runs not in the averages" in (out / "ablation.md").read_text()
     assert "\\begin{tabular}" in (out / "ablation.tex").read_text()
     every_run = pd.read_csv(out / "runs.csv")
@@ -53,14 +56,23 @@ def test_runs_csv_reads_back_into_the_same_table(multirun, tmp_path, capsys):
     assert main([str(multirun), "--out", str(tmp_path / "r")]) == 0
     again = ablation_table(collect_runs([tmp_path / "r" / "runs.csv"]))
     first = ablation_table(collect_runs([multirun]))
-    columns = ["label", "n", "top1_mean", "top1_std", "delta_vs_baseline", "params_m"]
+    columns = [
+        "label",
+        "n",
+        "top1_mean",
+        "top1_std",
+        "top1_ci_low",
+        "delta_vs_baseline",
+        "p_holm",
+        "params_m",
+    ]
     pd.testing.assert_frame_equal(again[columns], first[columns], check_dtype=False)
 
 
 def test_latex_format(multirun, capsys):
     assert main([str(multirun), "--format", "latex"]) == 0
     stdout = capsys.readouterr().out
-    assert stdout.startswith("\\begin{tabular}")
+    assert stdout.startswith("% every run: trainer.epochs=2\n\\begin{tabular}")
     assert "\\end{tabular}" in stdout
     assert "\n% Runs not in the averages (4)" in stdout
 
@@ -70,7 +82,29 @@ def test_csv_format_is_clean_csv_on_stdout(multirun, capsys):
     captured = capsys.readouterr()
     table = pd.read_csv(io.StringIO(captured.out))
     assert table["n"].tolist() == [2, 2, 1, 1, 1]
-    assert "Runs not in the averages (4)" in captured.err
+    assert table["test"].tolist()[1:] == ["paired t", "none (n=1)", "none (n=1)", "none (n=1)"]
+    assert table["p_holm"][1] == pytest.approx(
+        1 - 2 * math.atan(3) / math.pi, rel=1e-5
+    )  # t = 3, 1 df: Cauchy
+    assert "# Runs not in the averages (4)" in captured.err
+    excluded = pd.read_csv(io.StringIO(captured.err), comment="#")  # the list is CSV too, same columns
+    assert sorted(excluded["status"]) == ["diverged", "failed", "incomplete", "preempted"]
+    assert {"reason", "diverged_epoch", "signal", "folder"} <= set(excluded.columns)
+
+
+def test_html_format(multirun, capsys):
+    assert main([str(multirun), "--format", "html"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("<p>Every run: <code>trainer.epochs=2</code></p>")
+    assert "<table" in stdout and "Runs not in the averages (4)" in stdout
+
+
+def test_study_markdown_names_tests_and_verdicts(study, capsys):
+    assert main([str(study)]) == 0
+    stdout = capsys.readouterr().out
+    for word in ("paired t (3)", "Welch t", "none (n=1)", "agrees", "opposite", "not resolved"):
+        assert word in stdout, word
+    assert "epoch 2, batch 17" in stdout and "SIGTERM" in stdout and "RuntimeError: out of memory" in stdout
 
 
 def test_baseline_option(multirun, capsys):
@@ -141,4 +175,4 @@ def test_runs_csv_of_a_clean_sweep_reads_back(tmp_path, capsys, make_run):
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "r")]) == 0
     capsys.readouterr()
     assert main([str(tmp_path / "r" / "runs.csv")]) == 0
-    assert "81.00 ± 1.41" in capsys.readouterr().out
+    assert "81.00 [68.29, 93.71]" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from analysis import AnalysisError, collect_runs, find_run_dirs
-from analysis.collect import config_overrides
+from analysis.collect import config_overrides, shared_overrides
 
 
 def test_finds_every_job_in_natural_order(multirun):
@@ -43,6 +43,16 @@ def test_overlapping_paths_name_each_run_once(multirun):
     assert len(runs) == 11
 
 
+def test_overrides_every_configuration_shares_leave_the_labels(tmp_path, make_run):
+    for i, extra in enumerate([[], ["norm=ln"], ["'mixer=[pool, attn]'"]]):
+        overrides = ["experiment=mini", "trainer.epochs=1", f"seed={i}", *extra]
+        make_run(tmp_path / str(i), overrides, {"status": "completed", "top1": 70.0})
+    runs = collect_runs([tmp_path])
+    assert runs["config"].tolist() == ["default", "norm=ln", "mixer=[pool, attn]"]  # a value with a space
+    assert shared_overrides(runs["overrides"]) == ["experiment=mini", "trainer.epochs=1"]
+    assert shared_overrides(["a=1 b=2"]) == []  # one configuration: nothing to factor out
+
+
 def test_configuration_from_overrides_without_seed_or_hydra():
     overrides = [
         "seed=3",
@@ -70,10 +80,12 @@ def test_unreadable_or_statusless_results_are_not_usable(tmp_path, make_run):
     (tmp_path / "0" / "results.json").write_text("{not json")
     make_run(tmp_path / "1", ["seed=1"], {"top1": 70.0})
     make_run(tmp_path / "2", ["seed=2"], {"status": "completed", "top1": None})
+    make_run(tmp_path / "3", ["seed=3"], {"status": "running", "top1": None})  # killed (SIGKILL, OOM) mid-run
     runs = collect_runs([tmp_path])
-    assert runs["status"].tolist() == ["unreadable", "unknown", "completed"]
+    assert runs["status"].tolist() == ["unreadable", "unknown", "completed", "running"]
     assert not runs["usable"].any()
     assert "top1 is missing" in runs.loc[2, "problem"]
+    assert "still running, or killed" in runs.loc[3, "problem"]
 
 
 def test_missing_path_and_empty_folder_are_clear_errors(tmp_path):

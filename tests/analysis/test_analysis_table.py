@@ -1,12 +1,14 @@
-"""Grouping runs across seeds, the baseline delta, row order, rendering, and the list of excluded runs."""
+"""Grouping runs across seeds, the statistics against the baseline, row order, rendering, excluded runs."""
 
 import io
 import math
+import re
 
 import pandas as pd
 import pytest
 
 from analysis import AnalysisError, ablation_table, collect_runs, excluded_runs, render, render_excluded
+from analysis.stats import seeds_needed
 
 ORDER = ["baseline", "pool size 5", "LN", "[pool, pool, attn, attn]", "ReLU"]
 
@@ -96,42 +98,59 @@ def test_same_label_on_other_data_is_another_row_compared_to_its_own_baseline(tm
     assert "| data " in header and "model" not in header  # data varies, model does not
 
 
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_markdown_rendering(table):
     text = render(table, "markdown")
     lines = text.splitlines()
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+    assert lines[0] == "Every run: `trainer.epochs=2`"  # shared by every run: not in the labels
+    assert cells(lines[2]) == [
         "label",
         "group",
         "n",
-        "top-1 (mean ± std)",
-        "Δ vs baseline",
-        "paper top-1",
+        "top-1 [95% CI]",
+        "Δ [95% CI]",
+        "test",
+        "p (Holm)",
+        "resolved",
+        "paper Δ",
+        "verdict",
+        "seeds to resolve (est.)",
         "params (M)",
         "MACs (G)",
         "img/s",
     ]
-    baseline = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert baseline == [
-        "baseline",
-        "baseline",
+    baseline = cells(lines[4])
+    # 70 and 72: t-interval 71 ± 12.706 * sqrt(2) / sqrt(2)
+    assert baseline[:5] == ["baseline", "baseline", "2", "71.00 [58.29, 83.71]", "(baseline)"]
+    assert baseline[-3:] == ["11.9", "1.80", "100"]
+    pool = cells(lines[5])  # seeds 0, 1 of both: paired, differences 1 and 2
+    assert pool[:9] == [
+        "pool size 5",
+        "pool size",
         "2",
-        "71.00 ± 1.41",
-        "(baseline)",
-        "77.2",
-        "11.9",
-        "1.80",
-        "100",
+        "72.50 [53.44, 91.56]",
+        "+1.50 [-4.85, +7.85]",
+        "paired t (2)",
+        "0.205",
+        "no",
+        "0.0",
     ]
-    ln = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert ln[:5] == ["LN", "norm", "1", "68.00", "-3.00"]  # n=1: the mean alone
+    ln = cells(lines[6])
+    assert ln[:6] == ["LN", "norm", "1", "68.00 (n=1: no CI)", "-3.00 (no CI)", "none (n=1)"]
+    assert "Holm-corrected over the 1 row tested" in text
 
 
 def test_latex_rendering_escapes_and_uses_math(table):
     text = render(table, "latex")
-    assert text.startswith("\\begin{tabular}")
-    assert "71.00 $\\pm$ 1.41" in text
-    assert "$\\Delta$ vs baseline" in text
-    assert "±" not in text and "Δ" not in text
+    assert "71.00 [58.29, 83.71]" in text
+    assert "$\\Delta$ [95\\% CI]" in text
+    tabular = text[text.index("\\begin{tabular}") : text.index("\\end{tabular}")]
+    assert "±" not in tabular and "Δ" not in tabular and "≈" not in tabular
+    assert text.startswith("% every run: trainer.epochs=2\n\\begin{tabular}")
+    assert "\n% top-1: mean over seeds" in text  # the notes and the summary as comments
 
 
 def test_csv_rendering_keeps_numbers(table):
@@ -141,9 +160,17 @@ def test_csv_rendering_keeps_numbers(table):
     assert back["delta_vs_baseline"].tolist() == pytest.approx([0.0, 1.5, -3.0, 4.0, -5.0])
 
 
+def test_html_rendering(table):
+    text = render(table, "html")
+    assert text.startswith("<p>Every run: <code>trainer.epochs=2</code></p>")
+    assert "<table" in text and "<td>(baseline)</td>" in text
+    assert "<p>0 of 1 row tested differ from the baseline" in text
+    assert "resolved: p &lt; 0.05" in text  # escaped
+
+
 def test_unknown_format():
-    with pytest.raises(AnalysisError, match="markdown, latex, csv"):
-        render(pd.DataFrame(), "html")
+    with pytest.raises(AnalysisError, match="markdown, latex, csv, html"):
+        render(pd.DataFrame(), "xml")
 
 
 def test_excluded_runs_are_listed_with_status_and_folder(runs):
@@ -168,3 +195,136 @@ def test_configuration_whose_runs_all_failed_keeps_a_row_with_n_0(tmp_path, make
     assert math.isnan(table.loc[1, "delta_vs_baseline"])
     no_norm = [c.strip() for c in render(table, "markdown").splitlines()[3].strip("|").split("|")]
     assert no_norm[:4] == ["no norm", "0", "–", "–"]
+    assert "No row could be tested against the baseline" in render(table, "markdown")
+
+
+# The study fixture (conftest.py): a sweep with known numbers, 3 seeds a row.
+
+
+@pytest.fixture
+def study_table(study):
+    return ablation_table(collect_runs([study]))
+
+
+def row(table: pd.DataFrame, label: str) -> pd.Series:
+    return table.set_index("label").loc[label]
+
+
+def test_labels_show_only_what_differs_and_the_shared_overrides_go_in_a_header(study_table):
+    assert study_table["label"].tolist() == [
+        "default",
+        "norm=bn",
+        "act=relu",
+        "mixer=attn",
+        "norm=ln",
+        "mixer=dwconv",
+        "act=silu",
+    ]
+    assert study_table.attrs["shared_overrides"] == ["experiment=mini", "trainer.epochs=1"]
+    assert render(study_table, "markdown").startswith("Every run: `experiment=mini trainer.epochs=1`\n")
+
+
+def test_a_clearly_resolved_paired_row_agrees_with_the_paper(study_table):
+    bn = row(study_table, "norm=bn")  # differences 3.0, 3.1, 2.9
+    assert bn["test"] == "paired t" and bn["n_pairs"] == 3
+    assert bn["delta_vs_baseline"] == pytest.approx(3.0)
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
+    assert (bn["delta_ci_low"], bn["delta_ci_high"]) == pytest.approx((3 - half, 3 + half), abs=1e-5)
+    assert bn["p_value"] < 0.001 and bool(bn["resolved"])
+    assert bn["paper_delta"] == pytest.approx(0.8)  # 78.0 - 77.2
+    assert bn["verdict"] == "agrees"
+    assert math.isnan(bn["seeds_needed"])  # resolved: nothing to estimate
+
+
+def test_a_resolved_row_against_the_papers_sign_is_opposite(study_table):
+    relu = row(study_table, "act=relu")
+    assert relu["delta_vs_baseline"] == pytest.approx(-2.0)  # the preempted seed 4 (50.0) is not in it
+    assert bool(relu["resolved"]) and relu["verdict"] == "opposite"
+
+
+def test_a_row_within_noise_is_not_resolved_and_gets_a_seeds_estimate(study_table):
+    ln = row(study_table, "norm=ln")  # differences 0.5, -0.4, 0.8; the diverged seed 3 is left out
+    assert ln["n"] == 3 and ln["n_excluded"] == 1
+    assert ln["delta_vs_baseline"] == pytest.approx(0.3)
+    assert ln["delta_ci_low"] < 0 < ln["delta_ci_high"]
+    assert not ln["resolved"] and ln["verdict"] == "not resolved"
+    # 5 rows are tested: the estimate is at Holm's strictest level, 0.05 / 5
+    assert ln["seeds_needed"] == seeds_needed(0.3, math.sqrt(0.39), alpha=0.01)
+    assert ln["seeds_needed"] > 3
+
+
+def test_rows_without_shared_seeds_fall_back_to_welch(study_table):
+    dw = row(study_table, "mixer=dwconv")  # seeds 3, 4, 5 against 0, 1, 2
+    assert dw["test"] == "Welch t" and dw["n_pairs"] == 0
+    assert dw["delta_vs_baseline"] == pytest.approx(2.0)
+    half = 2.776445 * math.sqrt(1 / 3 + 1 / 3)  # both sds 1: Welch's df = 4
+    assert (dw["delta_ci_low"], dw["delta_ci_high"]) == pytest.approx((2 - half, 2 + half), abs=1e-5)
+    assert dw["seeds_needed"] == seeds_needed(2.0, 1.0, sd_base=1.0, alpha=0.01)
+    assert "Welch t" in render(study_table, "markdown")
+
+
+def test_a_single_seed_has_no_ci_and_no_test_and_says_so(study_table):
+    silu = row(study_table, "act=silu")
+    assert silu["n"] == 1 and silu["delta_vs_baseline"] == pytest.approx(-2.0)
+    assert silu["test"] == "none (n=1)" and silu["top1_ci_method"] == "none (n=1)"
+    assert math.isnan(silu["top1_ci_low"]) and math.isnan(silu["p_value"]) and not silu["resolved"]
+    assert silu["verdict"] == "not resolved"
+    line = next(x for x in render(study_table, "markdown").splitlines() if x.startswith("| act=silu"))
+    assert "69.00 (n=1: no CI)" in line and "-2.00 (no CI)" in line and "none (n=1)" in line
+
+
+def test_holm_turns_a_nominally_significant_row_into_not_resolved(study_table):
+    attn = row(study_table, "mixer=attn")  # differences 1, 1.5, 2: t = 3 sqrt(3) with 2 df
+    t = 3 * math.sqrt(3)
+    raw = 1 - t / math.sqrt(2 + t * t)
+    assert attn["p_value"] == pytest.approx(raw) and raw < 0.05  # alone it would be resolved...
+    # ...but it is the third smallest of 5 p-values: Holm multiplies it by 3
+    assert attn["p_holm"] == pytest.approx(3 * raw)
+    assert not attn["resolved"] and attn["verdict"] == "not resolved"  # uncorrected, it would "agree"
+    assert study_table["p_value"].notna().sum() == 5
+
+
+def test_failed_runs_are_not_averaged(study_table):
+    base = row(study_table, "default")
+    assert base["n"] == 3 and base["top1_mean"] == pytest.approx(71.0) and base["n_excluded"] == 1
+    assert base["seeds"] == "0,1,2"
+
+
+def test_summary_is_generated_from_the_numbers(study_table):
+    text = render(study_table, "markdown")
+    assert (
+        "2 of 5 rows tested differ from the baseline at the 5% level after Holm correction: "
+        "norm=bn (+3.00), act=relu (-2.00)." in text
+    )
+    assert "1 row could not be tested (one run, or none): act=silu." in text
+    assert "Of the 6 rows with a paper number, 1 agrees with the paper's direction (norm=bn), " in text
+    assert "1 is opposite (act=relu: -2.00 where the paper has +0.9) and 4 are not resolved." in text
+    assert re.search(r"resolving the 3 unresolved rows would take a median of about \d+ seeds", text)
+
+
+def test_excluded_runs_give_the_error_the_diverged_step_and_the_signal(study):
+    runs = collect_runs([study])
+    excluded = excluded_runs(runs).set_index("status")
+    assert excluded.loc["failed", "reason"] == "RuntimeError: out of memory"
+    diverged = excluded.loc["diverged"]
+    assert (diverged["diverged_epoch"], diverged["diverged_batch"], diverged["diverged_step"]) == (2, 17, 117)
+    assert "NaN/inf at step 117" in diverged["reason"]
+    assert excluded.loc["preempted", "signal"] == "SIGTERM"
+    text = render_excluded(runs, "markdown")
+    header = cells(text.splitlines()[2])
+    assert header[:6] == ["label", "seed", "status", "reason", "diverged at (epoch, batch)", "signal"]
+    assert "epoch 2, batch 17" in text and "SIGTERM" in text and "RuntimeError: out of memory" in text
+    as_csv = pd.read_csv(io.StringIO(render_excluded(runs, "csv")), comment="#")
+    assert list(as_csv.columns) == [
+        "label",
+        "seed",
+        "status",
+        "reason",
+        "diverged_epoch",
+        "diverged_batch",
+        "diverged_step",
+        "signal",
+        "epochs_logged",
+        "folder",
+    ]
+    assert as_csv.set_index("status").loc["diverged", "diverged_step"] == 117
