@@ -4,21 +4,34 @@ Every per-stage field takes one value for all stages or a list with one value pe
 `mixer=["pool", "pool", "attn", "attn"]` with `norm="gn"` is one call. Tensors stay NCHW through every stage and
 every mixer. The head follows the paper and the official release: norm over the whole last feature map, then
 the spatial mean, then the classifier (timm's current PoolFormer pools first and normalises after).
-"""
 
-from __future__ import annotations
+The model honours timm's model contract: `pretrained_cfg` describing this build (input size, pool size, a fixed
+input size where a mixer or position embedding is bound to the resolution), `feature_info`,
+`forward_intermediates`, `prune_intermediate_layers`, `reset_classifier(num_classes, global_pool)`,
+`set_grad_checkpointing`, `group_matcher` and `no_weight_decay`; it traces with torch.fx and torch.export.
+"""
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from timm.layers import trunc_normal_
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function, register_notrace_module, trunc_normal_
+from timm.models import PretrainedCfg
+from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from metaformer.acts import ACTS
 from metaformer.block import MetaFormerBlock
 from metaformer.norms import NORMS, build_norm
 from mixers import MIXERS
+from mixers.base import ResolutionBound
+
+# Mixers bound to a resolution check the input's shape in Python; torch.fx calls them as single leaf modules.
+register_notrace_module(ResolutionBound)
+
+GLOBAL_POOLS = ("avg", "")
 
 PerStage = Any  # one value for all stages, or a sequence with one value per stage
 
@@ -62,13 +75,19 @@ class MetaFormerStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         if self.pos_embed is not None:
-            if self.pos_embed.shape[-2:] != x.shape[-2:]:
-                raise ValueError(
-                    f"position embedding was built for {tuple(self.pos_embed.shape[-2:])} but the stage "
-                    f"received {tuple(x.shape[-2:])}; build the model with the input's img_size"
-                )
-            x = x + self.pos_embed
+            x = add_pos_embed(x, self.pos_embed)
         return self.blocks(x)
+
+
+@register_notrace_function  # a shape check in Python: torch.fx records the call, not its branches
+def add_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+    """`x + pos_embed`, refusing a feature map of another size with a clear error."""
+    if pos_embed.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"position embedding was built for a {pos_embed.shape[-2]}x{pos_embed.shape[-1]} feature map but the "
+            f"stage received {x.shape[-2]}x{x.shape[-1]}; build the model with the input's img_size"
+        )
+    return x + pos_embed
 
 
 class Downsampling(nn.Module):
@@ -84,6 +103,9 @@ class Downsampling(nn.Module):
 
 class MetaFormer(nn.Module):
     """A four-stage MetaFormer with any token mixer, norm and activation in any stage."""
+
+    # timm's own attributes, never compiled by TorchScript
+    __jit_unused_properties__ = ["default_cfg"]
 
     def __init__(
         self,
@@ -112,6 +134,7 @@ class MetaFormer(nn.Module):
         down_padding: int = 1,
         head_norm: str | Callable[..., nn.Module] | None = None,
         num_stages: int = 4,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         n = num_stages
@@ -130,25 +153,31 @@ class MetaFormer(nn.Module):
         pos_embeds = per_stage(pos_embed, "pos_embed", n)
         for kind, names in (("mixer", mixers), ("norm", norms), ("act", acts)):
             _check_names(kind, names)
+        _check_head(num_classes, global_pool)
 
         self.num_classes, self.in_chans, self.num_stages = num_classes, in_chans, n
+        self.global_pool = global_pool
         self.img_size = _pair(img_size)
         self.stage_mixers = [_label(m) for m in mixers]
         self.stage_norms = [_label(m) for m in norms]
         self.stage_acts = [_label(m) for m in acts]
-        self.num_features = dims[-1]
+        self.stage_norm_layers = norms  # the norms as given (names or builders), for per-stage output norms
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
 
         self.stem = _Stem(in_chans, dims[0], stem_kernel, stem_stride, stem_padding)
         res = tuple(conv_out(s, stem_kernel, stem_stride, stem_padding) for s in self.img_size)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear over all blocks
         stages, self.stage_resolutions, self.feature_info = [], [], []
+        reduction = stem_stride
         for i in range(n):
             if i == 0:
                 downsample: nn.Module = nn.Identity()
             else:
                 downsample = Downsampling(dims[i - 1], dims[i], down_kernel, down_stride, down_padding)
                 res = tuple(conv_out(s, down_kernel, down_stride, down_padding) for s in res)
+                reduction *= down_stride
             blocks = [
                 MetaFormerBlock(
                     dims[i],
@@ -169,44 +198,165 @@ class MetaFormer(nn.Module):
             ]
             stages.append(MetaFormerStage(downsample, blocks, dims[i], res, pos_embed=pos_embeds[i]))
             self.stage_resolutions.append(res)
-            self.feature_info.append({"num_chs": dims[i], "resolution": res, "module": f"stages.{i}"})
+            self.feature_info.append(
+                {"num_chs": dims[i], "reduction": reduction, "module": f"stages.{i}", "resolution": res}
+            )
         self.stages = nn.Sequential(*stages)
         self.norm = build_norm(head_norm or norms[-1], dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
+        # A mixer or position embedding built for one feature-map size fixes the input size, as timm marks it.
+        self.fixed_input_size = self.bound_to_input_size()
+        self._traits = {
+            "img_size": self.img_size,
+            "fixed_input_size": self.fixed_input_size,
+            "first_conv": "stem.conv",
+        }
+        mean, std = _default_stats(in_chans)
+        self.pretrained_cfg = PretrainedCfg(
+            crop_pct=0.9, interpolation="bicubic", mean=mean, std=std, **self.input_cfg()
+        ).to_dict()
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for `pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
+    def bound_to_input_size(self) -> bool:
+        """Whether a mixer or a position embedding was built for one feature-map size (timm's fixed_input_size)."""
+        return any(
+            isinstance(m, ResolutionBound) or getattr(m, "resolution", None) is not None
+            for m in self.stages.modules()
+        ) or any(stage.pos_embed is not None for stage in self.stages)
+
+    def input_cfg(self) -> dict[str, Any]:
+        """The `pretrained_cfg` fields this build decides: input and pool size, fixed size, classes, layer names."""
+        return {
+            "input_size": (self.in_chans, *self.img_size),
+            "pool_size": self.stage_resolutions[len(self.stages) - 1],
+            "fixed_input_size": self.fixed_input_size,
+            "num_classes": self.num_classes,
+            "first_conv": "stem.conv",
+            "classifier": "head",
+        }
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four stage outputs (NCHW), for detection and segmentation backbones (the paper's fork_feat)."""
-        outs = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        """The four raw stage outputs (NCHW); `forward_intermediates(x, intermediates_only=True)` does the same."""
+        return self.forward_intermediates(x, intermediates_only=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map, before the final norm."""
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = checkpoint(stage, x, use_reentrant=False)
+            return x
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Norm over the whole map, spatial mean, dropout, classifier."""
-        x = self.head_drop(self.norm(x).mean((-2, -1)))
+        """Norm over the whole map, spatial mean (global_pool 'avg'; '' keeps the map), dropout, classifier."""
+        x = self.norm(x)
+        if self.global_pool == "avg":
+            x = x.mean((-2, -1))
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs at `indices` (None: all, n: the last n, a list: those), timm's feature API.
+
+        `norm=True` puts the last stage's output through the final norm; `stop_early` skips the stages after the
+        last one asked for; the first value returned (unless `intermediates_only`) is `forward_features`' output.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt '{output_fmt}' is not supported: MetaFormer features are NCHW")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm_intermediate(i, x) if norm else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def norm_intermediate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """What `norm=True` does to stage `index`'s output: the final norm on the last stage, as timm's models do."""
+        return self.norm(x) if index == len(self.stages) - 1 else x
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of `indices` (and the final norm / head); return the absolute indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1:
+            self.stages = self.stages[: max_index + 1]
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_norm = prune_head = True  # both were sized for the last stage
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
     def get_classifier(self) -> nn.Module:
         """The classification layer (timm's convention)."""
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier for `num_classes` outputs (0 removes it), as timm's models do."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier for `num_classes` outputs (0 removes it); global_pool '' keeps the map."""
+        _check_head(num_classes, self.global_pool if global_pool is None else global_pool)
+        if global_pool is not None:
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
+            ref = self.stem.conv.weight
+            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             _init_weights(self.head)
+        else:
+            self.head = nn.Identity()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of storing them (less memory)."""
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth, for timm's layer-wise lr decay: stem, then stages (or blocks), then head."""
+        return {
+            "stem": r"^stem",
+            "blocks": r"^stages\.(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.(?:downsample|pos_embed)", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        }
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters kept out of weight decay besides norms and biases: the position embeddings."""
+        return {f"stages.{i}.pos_embed" for i, stage in enumerate(self.stages) if stage.pos_embed is not None}
 
 
 class _Stem(nn.Module):
@@ -223,6 +373,25 @@ def _init_weights(m: nn.Module) -> None:
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _default_stats(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean and std for RGB; for other channel counts, ImageNet's values averaged over its channels."""
+    if in_chans == 3:
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    mean, std = sum(IMAGENET_DEFAULT_MEAN) / 3, sum(IMAGENET_DEFAULT_STD) / 3
+    return (round(mean, 4),) * in_chans, (round(std, 4),) * in_chans
+
+
+def _check_head(num_classes: int, global_pool: str) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(
+            f"global_pool '{global_pool}' is not supported; choose 'avg' (the spatial mean) or ''"
+        )
+    if not global_pool and num_classes > 0:
+        raise ValueError(
+            "global_pool '' returns the unpooled feature map, which takes no linear classifier: use num_classes=0"
+        )
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

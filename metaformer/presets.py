@@ -1,16 +1,25 @@
 """The PoolFormer family as the paper defines it (Table 1), a small CPU preset, and `create_model`.
 
 A preset is a dict of keyword values for `MetaFormer`; the architecture lives once in `model.py`. The presets
-are also registered in timm's model registry as `ablation_<name>`, so `timm.create_model` builds them.
+are also registered in timm's model registry as `ablation_<name>`, each with its `pretrained_cfg` (input size,
+mean/std, crop), and built through timm's `build_model_with_cfg`, so `timm.create_model` builds them with
+`features_only=True` / `out_indices` (timm's feature wrappers) and any `create_model` override;
+`register_timm_model` registers a build of your own (a hybrid, another mixer) under a name of your choice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from timm.models import register_model
+import torch
+from timm.models import build_model_with_cfg, register_model
+from timm.models._builder import pretrained_cfg_for_features
+from torch import nn
 
 from metaformer.model import MetaFormer
+
+M = TypeVar("M", bound=MetaFormer)
 
 _S = {"dims": (64, 128, 320, 512)}
 _M = {"dims": (96, 192, 384, 768)}
@@ -39,6 +48,46 @@ _COMMON = {"mixer": "pool", "norm": "gn", "act": "gelu", "mlp_ratios": 4.0}
 TIMM_PREFIX = "ablation_"
 
 
+def _cfg(**fields: Any) -> dict[str, Any]:
+    """A preset's timm `pretrained_cfg`: ImageNet at 224 px unless said otherwise (the official crop_pct)."""
+    return {
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "num_classes": 1000,
+        "first_conv": "stem.conv",
+        "classifier": "head",
+        "fixed_input_size": False,
+        "paper_ids": "arXiv:2111.11418",
+        **fields,
+    }
+
+
+# The data each preset expects; the fields a build decides (input/pool size, classes) are checked against the
+# built model in the tests.
+PRESET_CFGS: dict[str, dict[str, Any]] = {
+    "poolformer_s12": _cfg(),
+    "poolformer_s24": _cfg(),
+    "poolformer_s36": _cfg(),
+    "poolformer_m36": _cfg(crop_pct=0.95),
+    "poolformer_m48": _cfg(crop_pct=0.95),
+    # Fashion-MNIST: 1 channel, 28 px, its own mean/std (conf/data/fashion_mnist.yaml), no crop.
+    "poolformer_cpu": _cfg(
+        input_size=(1, 28, 28),
+        pool_size=(2, 2),
+        num_classes=10,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.2860,),
+        std=(0.3530,),
+    ),
+}
+_DATA_FIELDS = ("crop_pct", "interpolation", "mean", "std", "paper_ids")
+
+
 def list_models() -> list[str]:
     """Names of the model presets."""
     return sorted(PRESETS)
@@ -53,35 +102,88 @@ def preset_config(name: str) -> dict[str, Any]:
 
 def create_model(name: str, **overrides: Any) -> MetaFormer:
     """Build preset `name` with any field overridden (mixer, norm, act, depths, num_classes, img_size, ...)."""
+    return build_preset(name, MetaFormer, **overrides)
+
+
+def build_preset(name: str, model_cls: type[M], **overrides: Any) -> M:
+    """Build preset `name` as `model_cls` (MetaFormer or a subclass such as the dense backbone), with overrides."""
     kwargs = preset_config(name)
     kwargs.update({k: v for k, v in overrides.items() if v is not None or k in _NULLABLE})
     try:
-        return MetaFormer(**kwargs)
+        model = model_cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"model '{name}': {e}") from e
+    model.pretrained_cfg = _build_cfg(name, model)
+    return model
 
 
 # Fields where None is a real value (None turns the feature off), not "keep the preset's".
 _NULLABLE = {"layer_scale_init", "res_scale_init", "head_norm", "mixer_options"}
 
 
-def _timm_entry(name: str):
-    def build(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+def _build_cfg(name: str, model: MetaFormer) -> dict[str, Any]:
+    """The preset's data fields (mean/std only where they fit the channel count) over the model's own cfg."""
+    data = {k: PRESET_CFGS[name][k] for k in _DATA_FIELDS}
+    if len(data["mean"]) != model.in_chans:
+        data.pop("mean"), data.pop("std")
+    return {**model.pretrained_cfg, **data, **model.input_cfg()}
+
+
+# timm reads a module's `default_cfgs` when a model is registered; register_timm_model adds to it.
+default_cfgs: dict[str, dict[str, Any]] = {}
+
+
+def register_timm_model(timm_name: str, preset: str = "poolformer_s12", **overrides: Any) -> str:
+    """Register preset + overrides in timm's registry as `timm_name`, so `timm.create_model(timm_name)` builds it.
+
+    `register_timm_model("hybrid_s12", mixer=["pool", "pool", "attn", "attn"])`; the registered `pretrained_cfg`
+    is the build's own (its input size, its pool size, a fixed input size for resolution-bound mixers).
+    Returns the name.
+    """
+    with torch.device("meta"):  # the cfg needs the architecture, not the weights
+        default_cfgs[timm_name] = create_model(preset, **overrides).pretrained_cfg
+    _register(timm_name, preset, overrides)
+    return timm_name
+
+
+def _register(timm_name: str, preset: str, overrides: dict[str, Any]) -> Callable[..., nn.Module]:
+    def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
             raise ValueError(
-                f"{TIMM_PREFIX}{name} has no hub weights here; build it and call "
+                f"{timm_name} has no hub weights here; build it and call "
                 f"metaformer.load_pretrained(model, path) with a timm or official PoolFormer checkpoint"
             )
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
-        return create_model(name, **kwargs)
+        built_cfg: dict[str, Any] = {}
 
-    build.__name__ = f"{TIMM_PREFIX}{name}"
-    build.__qualname__ = build.__name__
-    build.__doc__ = f"PoolFormer preset '{name}' from the MetaFormer ablation framework."
+        def make(**model_kwargs: Any) -> MetaFormer:
+            model = create_model(preset, **{**overrides, **model_kwargs})
+            built_cfg.update(model.pretrained_cfg)  # timm replaces it with the registry's after this returns
+            return model
+
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        model = build_model_with_cfg(
+            make,
+            timm_name,
+            False,
+            feature_cfg={"out_indices": (0, 1, 2, 3), "flatten_sequential": True},
+            **kwargs,
+        )
+        # timm set its registry cfg; keep its source fields, but describe this build (input size, classes, ...).
+        cfg = {**model.pretrained_cfg, **built_cfg, **overlay}
+        if isinstance(model, MetaFormer):
+            model.pretrained_cfg = cfg
+        else:  # one of timm's feature wrappers
+            model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg)
+        return model
+
+    build.__name__ = build.__qualname__ = timm_name
+    build.__doc__ = (
+        f"MetaFormer preset '{preset}' with {overrides or 'no overrides'} (MetaFormer ablation framework)."
+    )
     build.__module__ = __name__
-    return build
+    return register_model(build)
 
 
+default_cfgs.update({f"{TIMM_PREFIX}{name}": dict(cfg) for name, cfg in PRESET_CFGS.items()})
 for _name in PRESETS:
-    globals()[f"{TIMM_PREFIX}{_name}"] = register_model(_timm_entry(_name))
+    globals()[f"{TIMM_PREFIX}{_name}"] = _register(f"{TIMM_PREFIX}{_name}", _name, {})

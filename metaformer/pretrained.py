@@ -5,6 +5,11 @@ Files are read with `torch.load(weights_only=True)` or safetensors: no arbitrary
 Note: timm's PoolFormer averages the last map and then applies a LayerNorm, whereas the paper, the official
 release and this project normalise the whole map (GroupNorm, 1 group) and then average; with the same weights
 the stage features are identical and the logits differ slightly.
+
+Dense-prediction backbones (`metaformer.dense`): the official `fork_feat` norms `norm0/norm2/norm4/norm6` load into
+the backbone's `out_norms.0-3`; the official detection and segmentation checkpoints (mmdet/mmseg, keys under
+`backbone.`) give their backbone part; a classification checkpoint loads into a backbone with its final norm and
+head ignored and the backbone's output norms reported missing, not refused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ class LoadReport:
     layout: str
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(
+        default_factory=list
+    )  # checkpoint keys the model does not use (a backbone's head)
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -102,6 +110,7 @@ def detect_layout(state_dict: StateDict) -> str:
 
 def _from_official(key: str) -> str:
     key = key.replace("patch_embed.proj.", "stem.conv.")
+    key = re.sub(r"^norm([0246])\.", lambda m: f"out_norms.{int(m.group(1)) // 2}.", key)  # fork_feat norms
     key = re.sub(r"layer_scale_([12])$", r"layer_scale\1.scale", key)
     m = re.match(r"network\.(\d+)\.(.*)$", key)
     if m:
@@ -126,10 +135,27 @@ def convert_state_dict(state_dict: StateDict) -> tuple[str, dict[str, torch.Tens
     return layout, {_REMAP[layout](k): v for k, v in state_dict.items()}
 
 
+def split_backbone(state_dict: StateDict) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """From a detector or segmenter checkpoint (keys under `backbone.`), the backbone's keys and the rest's names."""
+    if not any(k.startswith("backbone.") for k in state_dict):
+        return dict(state_dict), []
+    backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    return backbone, [k for k in state_dict if not k.startswith("backbone.")]
+
+
 def load_pretrained(model: nn.Module, source: str | Path | StateDict, strict: bool = True) -> LoadReport:
-    """Load weights of any supported layout into `model`; strict by default, with a clear report of mismatches."""
+    """Load weights of any supported layout into `model`; strict by default, with a clear report of mismatches.
+
+    A model may declare `checkpoint_ignore` (prefixes of checkpoint keys it has no use for, dropped and reported
+    as `ignored`) and `checkpoint_optional` (prefixes of its own keys that may be missing, reported but not
+    refused), as the dense backbone does for classification checkpoints.
+    """
     state_dict = read_state_dict(source) if isinstance(source, str | Path) else unwrap(source)
+    state_dict, ignored = split_backbone(state_dict)
     layout, converted = convert_state_dict(state_dict)
+    drop = tuple(getattr(model, "checkpoint_ignore", ()))
+    ignored += [k for k in converted if k.startswith(drop)]
+    converted = {k: v for k, v in converted.items() if not k.startswith(drop)}
     own = model.state_dict()
     shape_errors = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -143,11 +169,13 @@ def load_pretrained(model: nn.Module, source: str | Path | StateDict, strict: bo
             f"call model.reset_classifier(n) after loading"
         )
     result = model.load_state_dict(converted, strict=False)
-    report = LoadReport(layout, list(result.missing_keys), list(result.unexpected_keys))
-    if strict and (report.missing or report.unexpected):
+    report = LoadReport(layout, list(result.missing_keys), list(result.unexpected_keys), ignored)
+    optional = tuple(getattr(model, "checkpoint_optional", ()))
+    missing = [k for k in report.missing if not k.startswith(optional)]
+    if strict and (missing or report.unexpected):
         raise ValueError(
-            f"{layout} checkpoint does not match the model: {len(report.missing)} missing keys "
-            f"{report.missing[:5]}, {len(report.unexpected)} unexpected keys {report.unexpected[:5]}; "
+            f"{layout} checkpoint does not match the model: {len(missing)} missing keys "
+            f"{missing[:5]}, {len(report.unexpected)} unexpected keys {report.unexpected[:5]}; "
             f"pass strict=False to load the rest"
         )
     return report
