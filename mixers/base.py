@@ -19,10 +19,12 @@ class ResolutionBound(nn.Module):
                 f"resolution=(H, W) (create_model derives it from img_size)"
             )
         self.resolution = (int(resolution[0]), int(resolution[1]))
+        self.mixer_name = type(self).mixer_name  # an instance attribute, so TorchScript can read it
 
     def check(self, x: torch.Tensor) -> None:
         """Raise ValueError when the input's H, W differ from the resolution this mixer was built for."""
-        if tuple(x.shape[-2:]) != self.resolution:
+        # H and W compared one by one: TorchScript cannot compare a tuple built from a shape
+        if x.shape[-2] != self.resolution[0] or x.shape[-1] != self.resolution[1]:
             raise ValueError(
                 f"mixer '{self.mixer_name}' was built for a {self.resolution[0]}x{self.resolution[1]} feature "
                 f"map but received {x.shape[-2]}x{x.shape[-1]}; build the model with the input's img_size"
