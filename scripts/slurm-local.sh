@@ -14,7 +14,8 @@
 # `sacct` answers as on a site's cluster: submitit polls it to learn that a job ended without a result.
 #
 # Tuned for short jobs: the scheduler runs at every submission and at least every second, and a requeued job
-# may start again after 5 s instead of SLURM's 120 (AuthInfo cred_expire). Needs root (the daemons run as
+# may start again after 5 s instead of SLURM's 120 (AuthInfo cred_expire). Each job is bound to the CPUs it
+# was given (task/affinity), so with cpus_per_task=1 a job's torch runs one thread, as on a site's cluster. Needs root (the daemons run as
 # root here) and Debian's slurm-wlm, slurmdbd, munge and mariadb-server, which `up` installs with apt-get when
 # they are missing. `up` on a running cluster only checks it; `down` on a stopped one does nothing.
 set -euo pipefail
@@ -47,7 +48,7 @@ install_packages() {
 
 write_config() {
 	mkdir -p "$STATE"/{munge,ctld,spool,db}
-	chmod 700 "$STATE/munge"
+	chmod 755 "$STATE" "$STATE/munge" # every user may talk to the cluster through munged's socket; the key stays root's
 	if [ ! -s "$STATE/munge/munge.key" ]; then
 		head -c 1024 /dev/urandom >"$STATE/munge/munge.key"
 		chmod 400 "$STATE/munge/munge.key"
@@ -71,7 +72,7 @@ SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/slurmctld.log
 SlurmdLogFile=$STATE/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -90,8 +91,8 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 	cat >"$STATE/cgroup.conf" <<EOF
-# Written by scripts/slurm-local.sh: no cgroup plugin is configured (proctrack/linuxproc, task/none), so jobs
-# run in slurmd's own cgroup, which works inside containers too.
+# Written by scripts/slurm-local.sh: no cgroup plugin is configured (proctrack/linuxproc, task/affinity binds
+# each job to its CPUs), so jobs run in slurmd's own cgroup, which works inside containers too.
 CgroupPlugin=autodetect
 IgnoreSystemd=yes
 EOF
@@ -183,16 +184,23 @@ up() {
 	echo "slurm-local: up in $((SECONDS - t0)) s: partition debug, $CPUS CPUs; source $STATE/env"
 }
 
-stop() { # pidfile
-	alive "$1" || return 0
-	local pid
-	pid=$(cat "$1")
-	kill "$pid"
+stop() { # pidfile...: TERM them all, wait up to 10 s, then KILL what is left
+	local f pids=()
+	for f in "$@"; do
+		alive "$f" && pids+=("$(cat "$f")")
+	done
+	((${#pids[@]})) || return 0
+	kill "${pids[@]}" 2>/dev/null || true
+	local pid left
 	for _ in $(seq 100); do
-		kill -0 "$pid" 2>/dev/null || return 0
+		left=()
+		for pid in "${pids[@]}"; do
+			kill -0 "$pid" 2>/dev/null && left+=("$pid")
+		done
+		((${#left[@]})) || return 0
 		sleep 0.1
 	done
-	kill -9 "$pid" 2>/dev/null || true
+	kill -9 "${left[@]}" 2>/dev/null || true
 }
 
 down() {
@@ -204,10 +212,7 @@ down() {
 			sleep 0.5
 		done
 	fi
-	stop "$STATE/slurmd.pid"
-	stop "$STATE/slurmctld.pid"
-	stop "$STATE/slurmdbd.pid"
-	stop "$STATE/db/mariadbd.pid"
+	stop "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/slurmdbd.pid" "$STATE/db/mariadbd.pid"
 	stop "$STATE/munge/munged.pid"
 	echo "slurm-local: down"
 }

@@ -1,9 +1,9 @@
 """A real one-node SLURM for the cluster-path tests (scripts/slurm-local.sh), and sweeps submitted to it.
 
-The `slurm` fixture (made visible by conftest.py) brings the cluster up once per session, or finds it up as
-`make test` leaves it, and takes it down at the end if it started it. Without root, or when the cluster cannot
-start, the tests skip with the reason; in CI (CI=true) they fail instead: CI runs as root on a machine that can
-install SLURM.
+The `slurm` fixture (made visible by conftest.py) uses the cluster when it is up (`make test` starts it first;
+after `sudo bash scripts/slurm-local.sh up` any user can run these tests), else brings it up, as root, and takes
+it down at the end. When it is not up and cannot start (no root, no packages) the tests skip with the reason; in
+CI (CI=true) they fail instead: CI runs as root on a machine that can install SLURM.
 """
 
 import json
@@ -43,12 +43,15 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[dict[str, str]]:
     """The environment for commands that talk to the local cluster (SLURM_CONF, the project on PYTHONPATH)."""
-    if os.geteuid() != 0:
-        _unavailable("the local SLURM cluster needs root: sudo bash scripts/slurm-local.sh up")
     was_up = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True).returncode == 0
-    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
-    if up.returncode != 0:
-        _unavailable(f"scripts/slurm-local.sh up failed: {(up.stderr or up.stdout).strip()[-500:]}")
+    if not was_up:
+        if os.geteuid() != 0:
+            _unavailable(
+                "the local SLURM cluster is not up and needs root: sudo bash scripts/slurm-local.sh up"
+            )
+        up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+        if up.returncode != 0:
+            _unavailable(f"scripts/slurm-local.sh up failed: {(up.stderr or up.stdout).strip()[-500:]}")
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "RANK", "WORLD_SIZE")}
     env["SLURM_CONF"] = str(STATE / "slurm.conf")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
