@@ -1,6 +1,7 @@
 """The README's SLURM commands against a real slurmctld/slurmd on localhost (scripts/slurm-local.sh): a sweep
-through hydra-submitit-launcher, a job signalled before its time limit and requeued, a job cancelled outright
-and continued by the same command, and a failing job among others. Run with `pytest -m slurm` (as root)."""
+through hydra-submitit-launcher; a job signalled before its time limit and requeued (the signal sent to its steps,
+or to its batch script with trainer.requeue=true); a job cancelled outright and continued by the same command; a
+failing job among others. Run with `pytest -m slurm` (the cluster needs root to start)."""
 
 import csv
 import subprocess
@@ -78,6 +79,28 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     assert signalled["status"] == "completed" and signalled["epochs"] == 3
     for key in ("top1", "top5", "loss", "best_top1"):
         assert signalled[key] == uninterrupted[key], key
+
+
+def test_where_the_batch_script_gets_the_signal_trainer_requeue_requeues_the_job(slurm, tmp_path):
+    # The README's advice for sites that signal the batch script: the shell dies, SLURM stops the step with
+    # SIGTERM, and the run, after saving, requeues its own job (trainer.requeue=true).
+    proc = start_sweep(slurm, tmp_path, *LONGER, "trainer.epochs=3", "trainer.requeue=true", "seed=0,0",
+                       "hydra.sweep.dir=sweep")  # fmt: skip
+    run, reference = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    job = slurm_job(tmp_path / "sweep", 0)
+    wait_until(lambda: epochs_done(run) >= 1, "job 0's first epoch", proc=proc)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job], env=slurm, check=True)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+
+    assert sacct_states(slurm, job)[0] == "REQUEUED" and sacct_states(slurm, job)[-1] == "COMPLETED"
+    log = (run / "run.log").read_text()
+    assert "requeueing SLURM job" in log and f"resumed from {run / 'last.pt'}" in log
+    assert results(run)["status"] == "completed" and results(run)["epochs"] == 3
+    assert (
+        results(run)["top1"] == results(reference)["top1"]
+        and results(run)["loss"] == results(reference)["loss"]
+    )
 
 
 def test_a_cancelled_job_is_listed_and_the_same_command_continues_it(slurm, tmp_path):
