@@ -18,7 +18,6 @@ resumable from the last epoch's `last.pt`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -252,40 +251,46 @@ def _build_scheduler(
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the model `cfg` describes into its run folder; return the final results.json record."""
+    """Train the model `cfg` describes into its run folder; return the final results.json record.
+
+    A run that is refused before it starts (a bad config, missing or corrupt data, a checkpoint that is unsafe,
+    corrupt or of another model) raises ConfigError and writes nothing: an existing run folder stays exactly as
+    it was. Only a run that started writes `.hydra/` and `results.json`.
+    """
     start = time.time()
     # Rank 0 validates with its run folder; the others learn the folder after joining the group.
     run_dir = run_dir_of(cfg) if D.env_rank() == 0 else None
-    try:
-        spec = validate(cfg, run_dir)
-        dist = D.init_distributed(cfg.trainer.device)
-    except Exception as e:
-        _record_setup_failure(cfg, run_dir, e)
-        raise
+    spec = validate(cfg, run_dir)
+    dist = D.init_distributed(cfg.trainer.device)
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
         with StopRequest() as stop:
-            try:
-                run = _Run(cfg, spec, dist, run_dir, start, stop)
-            except Exception as e:
-                _record_setup_failure(cfg, run_dir if dist.is_main else None, e, spec.mixers)
-                raise
+            run = _Run(cfg, spec, dist, run_dir, start, stop)
+            if dist.is_main:
+                save_hydra_files(run_dir, cfg)
             return run.fit()
     finally:
         D.cleanup()
 
 
-def _record_setup_failure(
-    cfg: DictConfig, run_dir: Path | None, error: Exception, mixers: Any = None
-) -> None:
-    """Leave a `failed` results.json in a run folder whose job stopped before training (when it can be written)."""
-    if run_dir is None:
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra does, once the run has started.
+
+    conf/config.yaml sets `hydra.output_subdir: null`, so that Hydra does not write them before the job runs:
+    a refused command must not overwrite the files of the run it was pointed at. Outside Hydra, or when the
+    user set `hydra.output_subdir` (Hydra then wrote them), nothing is written here.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
         return
-    identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
-    record = {"status": "failed", "epochs": 0, **identity, **git_state()}
-    record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    with contextlib.suppress(OSError):
-        write_results(run_dir, record)
+    hydra_cfg = HydraConfig.instance().cfg
+    assert hydra_cfg is not None
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": hydra_cfg.hydra.overrides.task}
+    for name, node in files.items():
+        (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
 class _Run:
@@ -317,7 +322,7 @@ class _Run:
         try:
             self.data = build_data(
                 cfg.data, cfg.get("aug"), t.batch_size, t.get("eval_batch_size") or 2 * t.batch_size, cfg.seed,
-                rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                rank=dist.rank, world_size=dist.world_size, device=dist.device, local_world_size=dist.local_world_size,
             )  # fmt: skip
         except DataFileError as e:  # a data file that is there but truncated or corrupt
             raise ConfigError(" ".join(str(e).split()), exit_code=1) from e
@@ -353,7 +358,8 @@ class _Run:
             model.to(memory_format=torch.channels_last)
         module = model
         optimizer = _build_optimizer(module, cfg.optim, self.lr)
-        ema = ModelEmaV3(module, decay=t.ema_decay) if t.get("ema") else None
+        # timm's warmup: decay = min(ema_decay, 1 - (1 + step)^-2/3), so the average follows the model early on
+        ema = ModelEmaV3(module, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.get("ema") else None
         ddp = None
         if dist.distributed:
             ddp_ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -592,8 +598,8 @@ class _Run:
         _seed_epoch(self.cfg.seed, epoch, self.dist.rank)
         if partial is not None and self.partial_rng is not None:
             set_rng_state(self.partial_rng)  # the generators as they were when the epoch was cut
-        if hasattr(self.data.train, "set_epoch"):
-            self.data.train.set_epoch(epoch)
+        # A resumed epoch starts at the batch where it was cut; the loader skips the ones before unread.
+        self.data.train.set_epoch(epoch, start_batch=(partial.stopped_after or 0) if partial else 0)
         stats: EpochStats = train_one_epoch(
             s, self.data.train, self.train_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
             log_interval=t.log_interval, show_progress=self.dist.is_main, should_stop=self._should_stop,
