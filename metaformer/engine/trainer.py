@@ -53,6 +53,7 @@ from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
 from metaformer.engine.results import git_state, run_identity, write_results
+from metaformer.engine.schema import OPTIM_OWN_KEYS
 from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
 
 log = logging.getLogger(__name__)
@@ -231,11 +232,12 @@ def _learning_rate(optim: DictConfig, global_batch: int) -> float:
 def _build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:
     kwargs = OmegaConf.to_container(optim, resolve=True)
     assert isinstance(kwargs, dict)
-    for key in ("opt", "lr", "base_lr", "base_batch", "weight_decay"):
-        kwargs.pop(key, None)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay, **kwargs)
+    options = {
+        k: v for k, v in kwargs.items() if k not in OPTIM_OWN_KEYS and v is not None
+    }  # null: its default
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay, **options)
 
 
 def _build_scheduler(

@@ -72,6 +72,22 @@ CASES = {
         "model.img_size=64 does not fit data.img_size=32: mixer 'mlp' was built for a 8x8 feature map but "
         "received 4x4",
     ),
+    "a value of the wrong type": (
+        ["optim.lr=abc"],
+        2,
+        "'abc' of type 'str' could not be converted to Float; full_key: optim.lr",
+    ),
+    "a float where an int goes": (["trainer.epochs=1.5"], 2, "full_key: trainer.epochs"),
+    "an option the trainer does not have": (
+        ["+trainer.bogus=1"],
+        2,
+        "unknown key trainer.bogus; trainer takes: epochs",
+    ),
+    "a misspelt optimizer option": (
+        ["+optim.weight_decy=0.1"],
+        2,
+        "unknown key optim.weight_decy; optim takes: opt, lr",
+    ),
     "zero epochs": (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
     "negative epochs": (["trainer.epochs=-3"], 2, "trainer.epochs must be a positive integer, got -3"),
     "zero batch size": (["trainer.batch_size=0"], 2, "trainer.batch_size must be a positive integer, got 0"),
