@@ -114,6 +114,40 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class Processes:
+    """`python run.py ARGS` as real processes: started without waiting (independent runs share the cores),
+    then finished together."""
+
+    run_py = RUN
+    quick = QUICK
+    env = staticmethod(cli_env)
+
+    @staticmethod
+    def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start `python run.py ARGS` in `cwd`."""
+        return subprocess.Popen(
+            [sys.executable, str(RUN), *args], cwd=cwd, env=env or cli_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def finish(
+        procs: dict[str, subprocess.Popen], timeout: float = 300
+    ) -> dict[str, subprocess.CompletedProcess]:
+        """Wait for started runs; return each as a CompletedProcess (returncode, stdout, stderr)."""
+        done = {}
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return done
+
+
+@pytest.fixture
+def processes() -> type[Processes]:
+    """Real `python run.py` processes (see Processes), for the end-to-end tests."""
+    return Processes
+
+
 @pytest.fixture
 def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """Run `python run.py ARGS` as a real process in tmp_path; return the completed process."""

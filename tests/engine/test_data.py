@@ -324,7 +324,9 @@ def test_a_resumed_epoch_in_memory_gives_the_same_augmented_batches():
     assert len(rest) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(rest, batches[5:], strict=True))
 
 
-@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # torch's warning for the explicit 5 on 2 cores
+@pytest.mark.filterwarnings(
+    "ignore:This DataLoader will create"
+)  # torch's warning for the explicit 5 on 2 cores
 def test_loader_workers_follow_the_cores_of_this_process_and_an_explicit_value_wins(tmp_path, monkeypatch):
     write_image_tree(tmp_path)
     cfg = data_cfg("imagenet", root=str(tmp_path), num_classes=2)
