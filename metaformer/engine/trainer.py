@@ -7,12 +7,10 @@ checkpoint, and finally `results.json` again with the outcome. timm supplies the
 Mixup/CutMix, the losses, EMA and the accuracy; this module only wires them to the config.
 
 How runs end: a NaN/inf loss ends the run as `diverged`, with the step where it appeared (a normal return, so a
-sweep goes on); an exception ends it as `failed` and is re-raised. SIGTERM and SIGUSR1 (a cluster's "stop now":
-SLURM sends them before preempting or at the time limit) stop training after the current optimizer step, save
-`last.pt` there, mark the run `preempted` and exit with 128 + the signal number; running the same command again
-continues it exactly. Under SLURM, `trainer.requeue=true` then puts the job back in the queue with `scontrol
-requeue`; under submitit (hydra-submitit-launcher), its own signal is caught the same way and handed on to
-submitit's handler after the checkpoint, which requeues the job. Ctrl-C ends a run as `preempted` at once,
+sweep goes on); an exception ends it as `failed` and is re-raised. SIGTERM and SIGUSR1 (a cluster's "stop now")
+stop training after the current optimizer step, save `last.pt` there, mark the run `preempted` and exit with
+128 + the signal number, after a SLURM requeue when `trainer.requeue=true` (the signals and the requeue are in
+`preemption.py`); running the same command again continues it exactly. Ctrl-C ends a run as `preempted` at once,
 resumable from the last epoch's `last.pt`.
 """
 
@@ -23,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ from metaformer.engine.checkpoint import (
 from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
+from metaformer.engine.preemption import StopRequest, requeue, slurm_job_id
 from metaformer.engine.results import git_state, run_identity, write_results
 from metaformer.engine.schema import OPTIM_OWN_KEYS
 from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
@@ -65,65 +63,6 @@ log = logging.getLogger(__name__)
 THREADS_ENV = "METAFORMER_THREADS"
 RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
 TEST_SIGNAL_ENV = "METAFORMER_TEST_SIGNAL"
-
-# The signals that preempt a run: SLURM's SIGTERM, and SIGUSR1 as `sbatch --signal=USR1@90` sends it.
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class StopRequest:
-    """While entered, SIGTERM and SIGUSR1 (and submitit's signal, under submitit) only record that a stop was
-    asked for; training stops at the next optimizer step and saves. A no-op off the main thread."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    @staticmethod
-    def signals() -> list[int]:
-        """The signals caught: PREEMPT_SIGNALS, plus submitit's preemption signal when submitit runs this job."""
-        caught = list(PREEMPT_SIGNALS)
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-            extra = getattr(signal, f"SIG{name}", None)
-            if extra is not None and extra not in caught:
-                caught.append(extra)
-        return caught
-
-    def __enter__(self) -> StopRequest:
-        for sig in self.signals():
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. joblib's threading backend)
-                break
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    @property
-    def name(self) -> str:
-        """The received signal's name, e.g. SIGUSR1."""
-        return signal.Signals(self.signum).name if self.signum is not None else "none"
-
-    def hand_on(self) -> None:
-        """Call the handler that was installed before ours for the received signal (submitit's requeue)."""
-        previous = self.previous.get(self.signum) if self.signum is not None else None
-        if callable(previous):
-            previous(self.signum, None)
-
-
-def slurm_job_id() -> str | None:
-    """The SLURM job to requeue: `ARRAYJOB_TASK` for an array task, else SLURM_JOB_ID; None outside SLURM."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and task:
-        return f"{array_job}_{task}"
-    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def _test_signal() -> tuple[int, int] | None:
@@ -559,25 +498,14 @@ class _Run:
         signum = self.stop.signum
         job = slurm_job_id()
         if self.cfg.trainer.get("requeue") and job and self.dist.is_main and signum is not None:
-            self._requeue(job, record)
+            problem = requeue(job)
+            record = {**record, "requeued": problem is None, "requeue_job": job}
+            if problem:
+                record["requeue_error"] = problem
+            write_results(self.run_dir, record)
         if signum is not None:
             self.stop.hand_on()
         raise SystemExit(128 + (signum if signum is not None else signal.SIGINT))
-
-    def _requeue(self, job: str, record: dict[str, Any]) -> None:
-        command = ["scontrol", "requeue", job]
-        log.info("requeueing SLURM job %s: %s", job, " ".join(command))
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-            problem = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
-        except (OSError, subprocess.SubprocessError) as e:
-            problem = f"{type(e).__name__}: {e}"
-        if problem:
-            log.warning("could not requeue SLURM job %s: %s", job, problem)
-        record = {**record, "requeued": problem is None, "requeue_job": job}
-        if problem:
-            record["requeue_error"] = " ".join(problem.split())
-        write_results(self.run_dir, record)
 
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
         record = self._write(status, **extra)

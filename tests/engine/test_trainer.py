@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
-from metaformer.engine.trainer import run_settings, slurm_job_id
+from metaformer.engine.preemption import slurm_job_id
+from metaformer.engine.trainer import run_settings
 from metaformer.fast import Settings, fast_settings, resolve_precision
 
 QUICK = [
