@@ -7,6 +7,7 @@ torchrun --nproc_per_node=8 run.py model=poolformer_s12 data=imagenet data.root=
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +19,9 @@ from metaformer.engine.config import check_argv, fail, report
 from metaformer.engine.distributed import worker_overrides
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config", version_base="1.3"
+)
 def main(cfg: DictConfig) -> float | None:
     """Train; return the best top-1 (what Hydra sweepers such as Optuna maximise)."""
     try:
@@ -31,7 +34,18 @@ def main(cfg: DictConfig) -> float | None:
     return results.get("best_top1")
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """`python run.py ARGS`: check the arguments Hydra would refuse in several lines, then run `main`.
+    Tests call it in-process with a list of arguments."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    saved = sys.argv
+    sys.argv = [str(Path(__file__).resolve()), *argv, *worker_overrides()]  # Hydra reads sys.argv
+    try:
+        check_argv(argv)
+        main()
+    finally:
+        sys.argv = saved
+
+
 if __name__ == "__main__":
-    check_argv(sys.argv[1:])
-    sys.argv += worker_overrides()
-    main()
+    cli()

@@ -102,7 +102,37 @@ class Downsampling(nn.Module):
 
 
 class MetaFormer(nn.Module):
-    """A four-stage MetaFormer with any token mixer, norm and activation in any stage."""
+    """A four-stage MetaFormer with any token mixer, norm and activation in any stage.
+
+    Every argument marked "per stage" takes one value for all stages or a list of `num_stages` values.
+
+    Args:
+        depths: blocks per stage (per stage).
+        dims: channels per stage (per stage).
+        mixer: token mixer by registered name (`mixers.list_mixers()`), `pkg.module:Class` path or callable
+            (per stage), e.g. `["pool", "pool", "attn", "attn"]`.
+        mixer_options: options per mixer name, `{"pool": {"pool_size": 5}}`, given to every stage that uses that
+            mixer (or a list of such dicts, per stage).
+        norm: norm by registered name (`metaformer.list_norms()`), e.g. `gn` (GroupNorm(1), the paper's) (per
+            stage).
+        act: activation of the channel MLP by registered name (`metaformer.list_acts()`) (per stage).
+        mlp_ratios: hidden width of the channel MLP as a multiple of the stage's channels (per stage).
+        layer_scale_init: initial value of the layer scale after each sub-block; None: no layer scale (per stage).
+        res_scale_init: initial value of a scale on the residual branch; None: none (per stage).
+        residual: keep the two skip connections of every block (per stage); False is Table 5's ablation.
+        channel_mlp: keep the channel-MLP sub-block (per stage); False is Table 5's ablation.
+        pos_embed: a learnable position embedding before the stage (per stage).
+        num_classes: classifier outputs; 0: no classifier (the model returns the pooled features).
+        in_chans: input image channels.
+        img_size: input size (an int or (H, W)); resolution-bound mixers (mlp, fft, random) and position
+            embeddings are built for it.
+        drop_rate: dropout in the channel MLP and before the head.
+        drop_path_rate: stochastic depth, rising linearly over all blocks to this rate.
+        stem_kernel, stem_stride, stem_padding: the stem convolution (7, 4, 2 in the paper).
+        down_kernel, down_stride, down_padding: the convolution between stages (3, 2, 1 in the paper).
+        head_norm: the norm before the head; None: the last stage's norm.
+        num_stages: the number of stages (4 in the paper).
+    """
 
     # timm's own attributes, never compiled by TorchScript
     __jit_unused_properties__ = ["default_cfg"]

@@ -7,8 +7,6 @@ from torch import nn
 
 from mixers.registry import register_mixer
 
-_ACTS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "identity": nn.Identity}
-
 
 @register_mixer("dwconv")
 class DepthwiseConv(nn.Module):
@@ -24,7 +22,8 @@ class DepthwiseConv(nn.Module):
 
 @register_mixer("sepconv")
 class SepConv(nn.Module):
-    """ConvFormer's separable conv: 1x1 expand, activation, k x k depthwise, 1x1 project (NCHW throughout)."""
+    """ConvFormer's separable conv: 1x1 expand, activation, k x k depthwise, 1x1 project (NCHW throughout).
+    `act` is any registered activation (metaformer.list_acts(): gelu, relu, silu, starrelu, ...)."""
 
     def __init__(
         self,
@@ -35,11 +34,15 @@ class SepConv(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        if act not in _ACTS:
-            raise ValueError(f"mixer 'sepconv': unknown act '{act}'; choose from {', '.join(sorted(_ACTS))}")
+        from metaformer.acts import ACTS  # at build time: metaformer imports this package
+
+        try:
+            act_layer = ACTS.get(act)
+        except ValueError as e:
+            raise ValueError(f"mixer 'sepconv': {e}") from None
         hidden = int(expansion_ratio * dim)
         self.pwconv1 = nn.Conv2d(dim, hidden, 1, bias=bias)
-        self.act = _ACTS[act]()
+        self.act = act_layer()
         self.dwconv = nn.Conv2d(
             hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias
         )

@@ -3,7 +3,8 @@
 `train(cfg)` is the one entry point; run.py calls it under Hydra, and a notebook can call it with a config from
 Hydra's compose API and `output_dir=PATH`. The modules, in the order a run meets them: `config` (validation),
 `distributed` (process groups, devices, threads), `data` (datasets and loaders), `loop` (one epoch, evaluation),
-`checkpoint`, `loggers` (CSV, console, wandb), `results` (results.json) and `trainer`, which wires them together.
+`checkpoint`, `loggers` (CSV, console, wandb), `results` (results.json), `preemption` (signals, SLURM requeue),
+`schema` (the typed config groups) and `trainer`, which wires them together.
 """
 
 from metaformer.engine.config import ConfigError, validate

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, weights only; raise `CheckpointError` (one line) if it is unsafe or unreadable."""
+    """Load a checkpoint onto the CPU, weights only; raise `CheckpointError` (one line) if it is unsafe, corrupt
+    or unreadable."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(
+        path
+    ):  # torch.save writes a zip archive; a cut copy is not one
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (not a complete torch checkpoint); delete it or set resume=false to "
+            f"start over, or resume=PATH from another checkpoint"
+        )
     try:
         ckpt = read_checkpoint(path)
     except (OSError, ValueError) as e:

@@ -17,7 +17,7 @@ import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -154,6 +154,7 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
             _check_length(
                 f"model.{key}", list(value), stages, f"give one value for all stages or exactly {stages}"
             )
+    check_schema(cfg)
     _check_trainer(cfg.trainer)
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
@@ -213,9 +214,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _check_trainer(t: DictConfig) -> None:
-    def positive_int(key: str) -> None:
+    def positive_int(key: str) -> None:  # the type is the schema's (metaformer/engine/schema.py)
         value = t.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if value <= 0:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
 
     for key in ("epochs", "batch_size", "accumulation", "eval_interval", "log_interval"):
@@ -321,8 +322,45 @@ def check_argv(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     check_launcher(argv)
     try:
         check_overrides(argv, conf_dir)
+        check_composes(argv, conf_dir)
     except ConfigError as e:
         fail(str(e), e.exit_code)
+
+
+def check_composes(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Compose the config as run.py will, and raise ConfigError with Hydra's/OmegaConf's complaint in one line
+    (a value of the wrong type, a key that is not there: both name the key). Sweeps and Hydra's own flags
+    (-m, --cfg, ...) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+
+    if any(a.startswith("-") for a in argv):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("config", overrides=argv)
+    except Exception as e:  # hydra.errors.ConfigCompositionException, omegaconf's errors
+        text = "\n".join(str(x) for x in (e, e.__cause__) if x is not None)  # Hydra's words, then OmegaConf's
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [
+            line for line in lines if not line.startswith(("object_type=", "reference_type=", "Set the env"))
+        ]
+        raise ConfigError("; ".join(lines) or type(e).__name__) from e
+    check_schema(cfg)
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Raise ConfigError for a key that a typed group (metaformer/engine/schema.py) does not have: `+key=value`
+    can add one to any node, and the code would never read it."""
+    from metaformer.engine.schema import SCHEMAS
+
+    for group, schema in SCHEMAS.items():
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        known = [f.name for f in fields(schema)]
+        for key in node:
+            if key not in known:
+                raise ConfigError(f"unknown key {group}.{key}; {group} takes: {_choices(known)}")
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:

@@ -106,8 +106,9 @@ def train_one_epoch(
     """Train over `num_batches` batches of `loader`; return the epoch's statistics.
 
     `should_stop` is asked after every optimizer step; when it says yes the epoch ends there, cut short. With
-    `resume_from` (such a cut-short epoch), the batches it did are drawn and skipped, so the loader's random
-    augmentations stay in step, and its loss and image counts carry on.
+    `resume_from` (such a cut-short epoch), `loader` must begin where it stopped (the engine's loaders do after
+    `set_epoch(epoch, start_batch=resume_from.stopped_after)`, without reading the batches before), and its loss
+    and image counts carry on.
     """
     s.model.train()
     done = (resume_from.stopped_after or 0) if resume_from is not None else 0
@@ -121,7 +122,7 @@ def train_one_epoch(
     bar = progress(num_batches, desc, show_progress)
     bar.update(done)
     s.optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(itertools.islice(loader, done, num_batches), start=done):
+    for i, (x, y) in enumerate(itertools.islice(loader, num_batches - done), start=done):
         x, y = s.to_device(x, y)
         if s.mixup is not None:
             if len(x) % 2:  # timm's Mixup pairs samples: drop one from an odd batch

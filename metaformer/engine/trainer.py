@@ -7,24 +7,20 @@ checkpoint, and finally `results.json` again with the outcome. timm supplies the
 Mixup/CutMix, the losses, EMA and the accuracy; this module only wires them to the config.
 
 How runs end: a NaN/inf loss ends the run as `diverged`, with the step where it appeared (a normal return, so a
-sweep goes on); an exception ends it as `failed` and is re-raised. SIGTERM and SIGUSR1 (a cluster's "stop now":
-SLURM sends them before preempting or at the time limit) stop training after the current optimizer step, save
-`last.pt` there, mark the run `preempted` and exit with 128 + the signal number; running the same command again
-continues it exactly. Under SLURM, `trainer.requeue=true` then puts the job back in the queue with `scontrol
-requeue`; under submitit (hydra-submitit-launcher), its own signal is caught the same way and handed on to
-submitit's handler after the checkpoint, which requeues the job. Ctrl-C ends a run as `preempted` at once,
+sweep goes on); an exception ends it as `failed` and is re-raised. SIGTERM and SIGUSR1 (a cluster's "stop now")
+stop training after the current optimizer step, save `last.pt` there, mark the run `preempted` and exit with
+128 + the signal number, after a SLURM requeue when `trainer.requeue=true` (the signals and the requeue are in
+`preemption.py`); running the same command again continues it exactly. Ctrl-C ends a run as `preempted` at once,
 resumable from the last epoch's `last.pt`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +49,9 @@ from metaformer.engine.checkpoint import (
 from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
+from metaformer.engine.preemption import StopRequest, requeue, slurm_job_id
 from metaformer.engine.results import git_state, run_identity, write_results
+from metaformer.engine.schema import OPTIM_OWN_KEYS
 from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
 
 log = logging.getLogger(__name__)
@@ -65,65 +63,6 @@ log = logging.getLogger(__name__)
 THREADS_ENV = "METAFORMER_THREADS"
 RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
 TEST_SIGNAL_ENV = "METAFORMER_TEST_SIGNAL"
-
-# The signals that preempt a run: SLURM's SIGTERM, and SIGUSR1 as `sbatch --signal=USR1@90` sends it.
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class StopRequest:
-    """While entered, SIGTERM and SIGUSR1 (and submitit's signal, under submitit) only record that a stop was
-    asked for; training stops at the next optimizer step and saves. A no-op off the main thread."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    @staticmethod
-    def signals() -> list[int]:
-        """The signals caught: PREEMPT_SIGNALS, plus submitit's preemption signal when submitit runs this job."""
-        caught = list(PREEMPT_SIGNALS)
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-            extra = getattr(signal, f"SIG{name}", None)
-            if extra is not None and extra not in caught:
-                caught.append(extra)
-        return caught
-
-    def __enter__(self) -> StopRequest:
-        for sig in self.signals():
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. joblib's threading backend)
-                break
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    @property
-    def name(self) -> str:
-        """The received signal's name, e.g. SIGUSR1."""
-        return signal.Signals(self.signum).name if self.signum is not None else "none"
-
-    def hand_on(self) -> None:
-        """Call the handler that was installed before ours for the received signal (submitit's requeue)."""
-        previous = self.previous.get(self.signum) if self.signum is not None else None
-        if callable(previous):
-            previous(self.signum, None)
-
-
-def slurm_job_id() -> str | None:
-    """The SLURM job to requeue: `ARRAYJOB_TASK` for an array task, else SLURM_JOB_ID; None outside SLURM."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and task:
-        return f"{array_job}_{task}"
-    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def _test_signal() -> tuple[int, int] | None:
@@ -232,11 +171,12 @@ def _learning_rate(optim: DictConfig, global_batch: int) -> float:
 def _build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:
     kwargs = OmegaConf.to_container(optim, resolve=True)
     assert isinstance(kwargs, dict)
-    for key in ("opt", "lr", "base_lr", "base_batch", "weight_decay"):
-        kwargs.pop(key, None)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay, **kwargs)
+    options = {
+        k: v for k, v in kwargs.items() if k not in OPTIM_OWN_KEYS and v is not None
+    }  # null: its default
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay, **options)
 
 
 def _build_scheduler(
@@ -252,40 +192,46 @@ def _build_scheduler(
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the model `cfg` describes into its run folder; return the final results.json record."""
+    """Train the model `cfg` describes into its run folder; return the final results.json record.
+
+    A run that is refused before it starts (a bad config, missing or corrupt data, a checkpoint that is unsafe,
+    corrupt or of another model) raises ConfigError and writes nothing: an existing run folder stays exactly as
+    it was. Only a run that started writes `.hydra/` and `results.json`.
+    """
     start = time.time()
     # Rank 0 validates with its run folder; the others learn the folder after joining the group.
     run_dir = run_dir_of(cfg) if D.env_rank() == 0 else None
-    try:
-        spec = validate(cfg, run_dir)
-        dist = D.init_distributed(cfg.trainer.device)
-    except Exception as e:
-        _record_setup_failure(cfg, run_dir, e)
-        raise
+    spec = validate(cfg, run_dir)
+    dist = D.init_distributed(cfg.trainer.device)
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
         with StopRequest() as stop:
-            try:
-                run = _Run(cfg, spec, dist, run_dir, start, stop)
-            except Exception as e:
-                _record_setup_failure(cfg, run_dir if dist.is_main else None, e, spec.mixers)
-                raise
+            run = _Run(cfg, spec, dist, run_dir, start, stop)
+            if dist.is_main:
+                save_hydra_files(run_dir, cfg)
             return run.fit()
     finally:
         D.cleanup()
 
 
-def _record_setup_failure(
-    cfg: DictConfig, run_dir: Path | None, error: Exception, mixers: Any = None
-) -> None:
-    """Leave a `failed` results.json in a run folder whose job stopped before training (when it can be written)."""
-    if run_dir is None:
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra does, once the run has started.
+
+    conf/config.yaml sets `hydra.output_subdir: null`, so that Hydra does not write them before the job runs:
+    a refused command must not overwrite the files of the run it was pointed at. Outside Hydra, or when the
+    user set `hydra.output_subdir` (Hydra then wrote them), nothing is written here.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
         return
-    identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
-    record = {"status": "failed", "epochs": 0, **identity, **git_state()}
-    record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    with contextlib.suppress(OSError):
-        write_results(run_dir, record)
+    hydra_cfg = HydraConfig.instance().cfg
+    assert hydra_cfg is not None
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": hydra_cfg.hydra.overrides.task}
+    for name, node in files.items():
+        (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
 class _Run:
@@ -317,7 +263,7 @@ class _Run:
         try:
             self.data = build_data(
                 cfg.data, cfg.get("aug"), t.batch_size, t.get("eval_batch_size") or 2 * t.batch_size, cfg.seed,
-                rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                rank=dist.rank, world_size=dist.world_size, device=dist.device, local_world_size=dist.local_world_size,
             )  # fmt: skip
         except DataFileError as e:  # a data file that is there but truncated or corrupt
             raise ConfigError(" ".join(str(e).split()), exit_code=1) from e
@@ -353,7 +299,8 @@ class _Run:
             model.to(memory_format=torch.channels_last)
         module = model
         optimizer = _build_optimizer(module, cfg.optim, self.lr)
-        ema = ModelEmaV3(module, decay=t.ema_decay) if t.get("ema") else None
+        # timm's warmup: decay = min(ema_decay, 1 - (1 + step)^-2/3), so the average follows the model early on
+        ema = ModelEmaV3(module, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.get("ema") else None
         ddp = None
         if dist.distributed:
             ddp_ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -551,25 +498,14 @@ class _Run:
         signum = self.stop.signum
         job = slurm_job_id()
         if self.cfg.trainer.get("requeue") and job and self.dist.is_main and signum is not None:
-            self._requeue(job, record)
+            problem = requeue(job)
+            record = {**record, "requeued": problem is None, "requeue_job": job}
+            if problem:
+                record["requeue_error"] = problem
+            write_results(self.run_dir, record)
         if signum is not None:
             self.stop.hand_on()
         raise SystemExit(128 + (signum if signum is not None else signal.SIGINT))
-
-    def _requeue(self, job: str, record: dict[str, Any]) -> None:
-        command = ["scontrol", "requeue", job]
-        log.info("requeueing SLURM job %s: %s", job, " ".join(command))
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-            problem = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
-        except (OSError, subprocess.SubprocessError) as e:
-            problem = f"{type(e).__name__}: {e}"
-        if problem:
-            log.warning("could not requeue SLURM job %s: %s", job, problem)
-        record = {**record, "requeued": problem is None, "requeue_job": job}
-        if problem:
-            record["requeue_error"] = " ".join(problem.split())
-        write_results(self.run_dir, record)
 
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
         record = self._write(status, **extra)
@@ -592,8 +528,8 @@ class _Run:
         _seed_epoch(self.cfg.seed, epoch, self.dist.rank)
         if partial is not None and self.partial_rng is not None:
             set_rng_state(self.partial_rng)  # the generators as they were when the epoch was cut
-        if hasattr(self.data.train, "set_epoch"):
-            self.data.train.set_epoch(epoch)
+        # A resumed epoch starts at the batch where it was cut; the loader skips the ones before unread.
+        self.data.train.set_epoch(epoch, start_batch=(partial.stopped_after or 0) if partial else 0)
         stats: EpochStats = train_one_epoch(
             s, self.data.train, self.train_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
             log_interval=t.log_interval, show_progress=self.dist.is_main, should_stop=self._should_stop,

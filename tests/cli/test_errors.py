@@ -1,19 +1,20 @@
-"""Every mistake the issue lists stops `python run.py` before training, with one line on stderr and no traceback.
+"""Every mistake a user is likely to make stops `python run.py` before training, with one line on stderr, the
+right exit status (2: a bad value, 1: the environment) and no traceback, and nothing written.
 
-The cases run as concurrent subprocesses (each pays for importing torch), then each is checked on its own. Words
-in capitals in a case's arguments are files the fixture makes: a file where a folder should be, Fashion-MNIST
-copies with one file truncated, a checkpoint that would run code, one of another architecture.
+The cases call run.py's entry function in this process (the `cli` fixture); tests/cli/test_train.py runs the
+real process. Words in capitals in a case's arguments are files the fixture makes: a file where a folder should
+be, Fashion-MNIST copies with one file truncated, a checkpoint that would run code, one of another architecture.
 """
 
 import gzip
 import os
-import subprocess
+from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import QUICK, cli_env, command
 
 from metaformer import create_model
+from metaformer.engine import config
 from metaformer.engine.data import FASHION_MNIST_DEFAULT
 from metaformer.engine.data.datasets import FASHION_MNIST_FILES
 
@@ -66,10 +67,26 @@ CASES = {
         "unknown mixer 'gated' in mixer_opt",
     ),
     "a resolution-bound mixer at another size": (
-        [*QUICK, "mixer=[pool,pool,mlp,mlp]", "+model.img_size=64"],
+        ["QUICK", "mixer=[pool,pool,mlp,mlp]", "+model.img_size=64"],
         2,
         "model.img_size=64 does not fit data.img_size=32: mixer 'mlp' was built for a 8x8 feature map but "
         "received 4x4",
+    ),
+    "a value of the wrong type": (
+        ["optim.lr=abc"],
+        2,
+        "'abc' of type 'str' could not be converted to Float; full_key: optim.lr",
+    ),
+    "a float where an int goes": (["trainer.epochs=1.5"], 2, "full_key: trainer.epochs"),
+    "an option the trainer does not have": (
+        ["+trainer.bogus=1"],
+        2,
+        "unknown key trainer.bogus; trainer takes: epochs",
+    ),
+    "a misspelt optimizer option": (
+        ["+optim.weight_decy=0.1"],
+        2,
+        "unknown key optim.weight_decy; optim takes: opt, lr",
     ),
     "zero epochs": (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
     "negative epochs": (["trainer.epochs=-3"], 2, "trainer.epochs must be a positive integer, got -3"),
@@ -99,12 +116,12 @@ CASES = {
     "unwritable output": (["hydra.run.dir=BLOCKER/run"], 1, "cannot write the output folder"),
     "launcher not installed": (["hydra/launcher=submitit_slurm"], 1, "pip install hydra-submitit-launcher"),
     "a checkpoint that would run code": (
-        [*QUICK, "resume=EVIL_PT"],
+        ["QUICK", "resume=EVIL_PT"],
         1,
         "refusing to load EVIL_PT: not a weights-only checkpoint",
     ),
     "a checkpoint of another architecture": (
-        [*QUICK, "resume=ATTN_PT"],
+        ["QUICK", "resume=ATTN_PT"],
         2,
         "ATTN_PT does not match the configured model (it was trained with model=poolformer_cpu "
         "mixer=[pool,pool,attn,attn] norm=gn): 18 unexpected keys [stages.2.blocks.0.token_mixer.qkv.weight",
@@ -164,42 +181,34 @@ def _fill(text: str, names: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def names(tmp_path_factory):
+    """The files the cases name, made once."""
     base = tmp_path_factory.mktemp("errors")
-    names = _placeholders(base)
-    procs = {}
-    for name, (args, _, _) in CASES.items():
-        if "TRUNCATED" in " ".join(args) and "TRUNCATED_GZ" not in names:
-            continue  # no Fashion-MNIST here to copy
-        cwd = base / name.replace(" ", "_")
-        cwd.mkdir()
-        args = [_fill(a, names) for a in args]
-        procs[name] = (cwd, subprocess.Popen(command(*args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True))  # fmt: skip
-    results = {"names": names, "marker": base / "the_code_ran"}
-    for name, (cwd, proc) in procs.items():
-        out, err = proc.communicate(timeout=300)
-        results[name] = (cwd, proc.returncode, out, err)
-    return results
+    return {**_placeholders(base), "MARKER": str(base / "the_code_ran")}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_mistake_exits_with_one_clear_line(outcomes, case):
+def test_mistake_exits_with_one_clear_line(case, names, cli, quick, tmp_path, monkeypatch):
     args, code, expected = CASES[case]
-    if case not in outcomes:
+    args = [a for arg in args for a in (quick if arg == "QUICK" else [arg])]  # QUICK: a run of seconds
+    if "TRUNCATED" in " ".join(args) and "TRUNCATED_GZ" not in names:
         pytest.skip(f"{FASHION_MNIST_DEFAULT} is absent")
-    cwd, returncode, _, stderr = outcomes[case]
-    expected = _fill(expected, outcomes["names"])
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode == code, stderr
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("run.py: error: ") and expected in lines[0], lines[0]
-    assert "Traceback" not in stderr
-    assert not list(cwd.rglob("metrics.csv"))  # nothing trained
-
-
-def test_the_refused_checkpoint_carries_code_that_did_not_run(outcomes):
-    assert "a checkpoint that would run code" in outcomes
-    assert not outcomes["marker"].exists()  # run.py refused it before anything in it ran
-    torch.load(outcomes["names"]["EVIL_PT"], weights_only=False)  # what an unguarded loader would do
-    assert outcomes["marker"].read_text() == "the code ran"
+    monkeypatch.chdir(tmp_path)  # Hydra's outputs/ and multirun/ go here
+    if case == "launcher not installed":  # it may be installed here: make it look absent
+        plugins = {
+            **config.LAUNCHER_PLUGINS,
+            "submitit_slurm": ("hydra_plugins.absent_launcher", "hydra-submitit-launcher"),
+        }
+        monkeypatch.setattr(config, "LAUNCHER_PLUGINS", plugins)
+    outcome = cli(*(_fill(a, names) for a in args))
+    expected = _fill(expected, names)
+    assert outcome.code == code, outcome.err
+    assert len(outcome.lines) == 1, outcome.err
+    assert outcome.lines[0].startswith("run.py: error: ") and expected in outcome.lines[0], outcome.lines[0]
+    assert "Traceback" not in outcome.err
+    assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("results.json"))  # nothing ran
+    if case == "a checkpoint that would run code":
+        marker = Path(names["MARKER"])
+        assert not marker.exists()  # run.py refused it before anything in it ran
+        torch.load(names["EVIL_PT"], weights_only=False)  # what an unguarded loader would do
+        assert marker.read_text() == "the code ran"

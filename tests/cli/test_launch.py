@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from cli_helpers import QUICK, RUN, cli_env
 from PIL import Image
 
 
@@ -19,7 +18,8 @@ def results_of(folder):
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
+def test_torchrun_two_cpu_processes_train_one_model(tmp_path, processes):
+    QUICK, RUN, cli_env = processes.quick, processes.run_py, processes.env
     # Each rank saves its final weights into METAFORMER_SAVE_RANK_WEIGHTS; rank 0 alone writes the run folder.
     weights = tmp_path / "rank_weights"
     proc = subprocess.run(
@@ -44,7 +44,8 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_path):
+def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_path, processes):
+    QUICK = processes.quick
     proc = run_cli("-m", "mixer=[pool,pool,pool,pool],[pool,pool,attn,attn]", *QUICK, "hydra.sweep.dir=sweep")
     assert proc.returncode == 0, proc.stderr
     jobs = {p.parent.name: results_of(p.parent) for p in (tmp_path / "sweep").glob("*/results.json")}
@@ -55,7 +56,8 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_
 
 
 @pytest.mark.slow
-def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path):
+def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path, processes):
+    QUICK, cli_env = processes.quick, processes.env
     env = cli_env()
     env.pop("METAFORMER_THREADS")  # let the launcher decide
     proc = run_cli(
@@ -69,7 +71,8 @@ def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_p
 
 
 @pytest.mark.slow
-def test_wandb_logs_offline_without_an_api_key(run_cli, tmp_path):
+def test_wandb_logs_offline_without_an_api_key(run_cli, tmp_path, processes):
+    QUICK, cli_env = processes.quick, processes.env
     env = cli_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wb"), HOME=str(tmp_path))
     env.pop("WANDB_API_KEY", None)
     proc = run_cli(*QUICK, "logger=wandb", "hydra.run.dir=run", env=env)

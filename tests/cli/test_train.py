@@ -10,7 +10,6 @@ import stat
 
 import pytest
 import torch
-from cli_helpers import QUICK, cli_env, finish, start
 
 from analysis import collect_runs
 from analysis.table import excluded_runs
@@ -65,7 +64,7 @@ def test_a_short_fashion_mnist_run_learns_and_fills_its_run_folder(run_cli, tmp_
 # Randomness everywhere a resumed run could drift: crop/flip (the loader's generator), Mixup/CutMix (numpy),
 # drop path (torch), and a cosine schedule; 2 epochs of 3 batches, so optimizer step 4 is batch 1 of epoch 2.
 EXACT = [
-    *QUICK, "trainer.epochs=2", "trainer.limit_train_batches=3", "aug=light", "aug.mixup=0.4", "aug.cutmix=0.4",
+    "trainer.epochs=2", "trainer.limit_train_batches=3", "aug=light", "aug.mixup=0.4", "aug.cutmix=0.4",
     "model.drop_path_rate=0.1",
 ]  # fmt: skip
 COMPARED = ("top1", "top5", "loss", "best_top1", "best_top5", "best_epoch", "epochs", "status")
@@ -82,7 +81,8 @@ def fake_scontrol(folder):
 
 
 @pytest.mark.slow
-def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_path):
+def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_path, processes, quick):
+    start, finish, cli_env, exact = processes.start, processes.finish, processes.env, [*quick, *EXACT]
     calls = fake_scontrol(tmp_path / "bin")
     slurm = cli_env(SLURM_JOB_ID="4242", PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     interrupted = {  # name: (extra overrides, environment of the first attempt)
@@ -92,10 +92,10 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     }
     first = finish(
         {
-            "alone": start(*EXACT, "hydra.run.dir=alone", cwd=tmp_path),
-            "again": start(*EXACT, "hydra.run.dir=again", cwd=tmp_path),
+            "alone": start(*exact, "hydra.run.dir=alone", cwd=tmp_path),
+            "again": start(*exact, "hydra.run.dir=again", cwd=tmp_path),
             **{
-                n: start(*EXACT, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
+                n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
                 for n, (x, e) in interrupted.items()
             },
         }
@@ -117,8 +117,8 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     # The same commands again continue the runs (resume=true is the default); resume=PATH starts a new folder.
     again = finish(
         {
-            **{n: start(*EXACT, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=slurm) for n, (x, _) in interrupted.items()},
-            "elsewhere": start(*EXACT, "trainer.epochs=3", f"resume={tmp_path / 'alone'}", "hydra.run.dir=third",
+            **{n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=slurm) for n, (x, _) in interrupted.items()},
+            "elsewhere": start(*exact, "trainer.epochs=3", f"resume={tmp_path / 'alone'}", "hydra.run.dir=third",
                                cwd=tmp_path),
         }
     )  # fmt: skip
@@ -140,13 +140,14 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     assert results_of(third)["epochs"] == 3
 
 
-def test_a_nan_loss_ends_one_job_of_a_sweep_as_diverged_and_the_analysis_lists_it(tmp_path):
+def test_a_nan_loss_ends_one_job_of_a_sweep_as_diverged_and_the_analysis_lists_it(tmp_path, processes, quick):
+    start, finish = processes.start, processes.finish
     proc = finish(
         {
             "sweep": start(
                 "-m",
                 "optim.lr=1e-3,1e30",
-                *QUICK,
+                *quick,
                 "sched=constant",
                 "trainer.precision=fp32",
                 "trainer.epochs=3",

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from metaformer import list_models
@@ -15,33 +14,28 @@ from mixers import register_mixer
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def test_the_main_job_is_the_cpu_preset_on_fashion_mnist_with_its_short_recipe():
-    cfg = cfg_of()
+def test_the_main_job_is_the_cpu_preset_on_fashion_mnist_with_its_short_recipe(compose_cfg):
+    cfg = compose_cfg()
     assert (cfg.model.name, cfg.data.name, cfg.mixer, cfg.norm, cfg.act) == (
         "poolformer_cpu", "fashion_mnist", "pool", "gn", "gelu",
     )  # fmt: skip
     assert cfg.aug.hflip == 0 and cfg.aug.mixup == 0  # aug=none: see conf/recipe/fashion_mnist.yaml
-    assert cfg_of("aug=light").aug.hflip > 0
+    assert compose_cfg("aug=light").aug.hflip > 0
     assert (cfg.optim.opt, cfg.optim.weight_decay, cfg.sched.sched) == ("adamw", 0.05, "cosine")
     assert cfg.logger.name == "csv" and cfg.resume is True
 
 
-def test_every_preset_has_a_model_config_with_its_drop_path():
+def test_every_preset_has_a_model_config_with_its_drop_path(compose_cfg):
     presets = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     assert presets == list_models()
-    rates = {name: cfg_of(f"model={name}").model.drop_path_rate for name in presets}
+    rates = {name: compose_cfg(f"model={name}").model.drop_path_rate for name in presets}
     assert (
         rates["poolformer_s12"] == 0.1 and rates["poolformer_s36"] == 0.2 and rates["poolformer_m48"] == 0.4
     )
 
 
-def test_a_mixer_list_and_any_norm_act_reach_create_model():
-    cfg = cfg_of("mixer=[pool,pool,attn,attn]", "norm=ln", "act=relu", "mixer_options.pool.pool_size=5")
+def test_a_mixer_list_and_any_norm_act_reach_create_model(compose_cfg):
+    cfg = compose_cfg("mixer=[pool,pool,attn,attn]", "norm=ln", "act=relu", "mixer_options.pool.pool_size=5")
     spec = validate(cfg)
     assert spec.mixers == ["pool", "pool", "attn", "attn"]
     kw = spec.model_kwargs
@@ -50,8 +44,8 @@ def test_a_mixer_list_and_any_norm_act_reach_create_model():
     assert kw["drop_path_rate"] == 0.0 and "name" not in kw
 
 
-def test_extra_model_keys_are_create_model_keywords():
-    cfg = cfg_of(
+def test_extra_model_keys_are_create_model_keywords(compose_cfg):
+    cfg = compose_cfg(
         "model.drop_path_rate=0.2", "+model.residual=false", "+model.pos_embed=[false,false,true,false]"
     )
     kw = model_kwargs(cfg, ["pool"] * 4)
@@ -59,16 +53,16 @@ def test_extra_model_keys_are_create_model_keywords():
     assert kw["drop_path_rate"] == 0.2 and kw["mixer"] == "pool"
 
 
-def test_the_data_set_brings_its_recipe_and_the_command_line_still_wins():
-    imagenet = cfg_of("data=imagenet", "data.root=/data/imagenet")
+def test_the_data_set_brings_its_recipe_and_the_command_line_still_wins(compose_cfg):
+    imagenet = compose_cfg("data=imagenet", "data.root=/data/imagenet")
     assert imagenet.trainer.epochs == 300 and imagenet.sched.warmup_epochs == 5
     assert imagenet.aug.mixup == 0.8 and imagenet.aug.label_smoothing == 0.1  # the paper's augmentation
-    mine = cfg_of("data=imagenet", "aug=none", "trainer.epochs=7")
+    mine = compose_cfg("data=imagenet", "aug=none", "trainer.epochs=7")
     assert mine.aug.mixup == 0 and mine.trainer.epochs == 7
-    assert cfg_of("data=synthetic").trainer.epochs < cfg_of().trainer.epochs
+    assert compose_cfg("data=synthetic").trainer.epochs < compose_cfg().trainer.epochs
 
 
-def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(tmp_path):
+def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(tmp_path, compose_cfg):
     from metaformer.engine.results import run_identity
 
     row = tmp_path / "ablation"
@@ -77,13 +71,13 @@ def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(
         "# @package _global_\nablation: {name: demo, group: components, label: no residual, paper_top1: 0.1}\n"
         "model:\n  residual: false\n"
     )
-    cfg = cfg_of(f"hydra.searchpath=[file://{tmp_path}]", "+ablation=demo")
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "+ablation=demo")
     assert model_kwargs(cfg, ["pool"] * 4)["residual"] is False
     ident = run_identity(cfg, ["pool"] * 4, "fashion_mnist")
     assert (ident["ablation"], ident["group"], ident["label"], ident["paper_top1"]) == (
         "demo", "components", "no residual", 0.1,
     )  # fmt: skip
-    plain = run_identity(cfg_of(), ["pool"] * 4, "fashion_mnist")
+    plain = run_identity(compose_cfg(), ["pool"] * 4, "fashion_mnist")
     assert plain["label"] is plain["ablation"] is plain["paper_top1"] is None
 
 
@@ -103,19 +97,19 @@ def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such file or folder"),
     ],
 )
-def test_validation_names_the_problem_and_the_choices(overrides, expected):
+def test_validation_names_the_problem_and_the_choices(overrides, expected, compose_cfg):
     if expected is None:
         with pytest.raises(Exception, match="poolformer_s99"):
-            cfg_of(*overrides)
+            compose_cfg(*overrides)
         return
     with pytest.raises(ConfigError) as err:
-        validate(cfg_of(*overrides))
+        validate(compose_cfg(*overrides))
     message = str(err.value)
     assert expected in message and "\n" not in message
 
 
-def test_a_depths_override_changes_the_number_of_stages_a_mixer_list_needs():
-    cfg = cfg_of("+model.depths=[1,1,1]", "+model.dims=[8,16,32]", "mixer=[pool,pool,attn]")
+def test_a_depths_override_changes_the_number_of_stages_a_mixer_list_needs(compose_cfg):
+    cfg = compose_cfg("+model.depths=[1,1,1]", "+model.dims=[8,16,32]", "mixer=[pool,pool,attn]")
     assert validate(cfg).mixers == ["pool", "pool", "attn"]
 
 
@@ -129,15 +123,15 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     assert (tmp_path / "fine" / "run").is_dir()
 
 
-def test_the_mixer_options_in_conf_are_the_mixers_own_keyword_defaults():
+def test_the_mixer_options_in_conf_are_the_mixers_own_keyword_defaults(compose_cfg):
     import inspect
 
     from mixers import MIXERS
 
-    for name, options in cfg_of().mixer_options.items():
+    for name, options in compose_cfg().mixer_options.items():
         params = inspect.signature(MIXERS.get(name)).parameters
         assert {k: params[k].default for k in options} == dict(options), name
-    assert validate(cfg_of("mixer=sepconv", "mixer_options.sepconv.kernel_size=5")).model_kwargs[
+    assert validate(compose_cfg("mixer=sepconv", "mixer_options.sepconv.kernel_size=5")).model_kwargs[
         "mixer_options"
     ] == {"sepconv": {"expansion_ratio": 2.0, "kernel_size": 5, "act": "gelu", "bias": False}}
 
@@ -171,8 +165,8 @@ def test_overrides_hydra_would_refuse_in_many_lines_are_caught_in_one():
         check_mixer_options("test_gated", ["kernel"])
 
 
-def test_norm_and_act_take_one_name_per_stage_too(tmp_path):
-    cfg = cfg_of("norm=[gn,gn,bn,bn]", "act=[gelu,gelu,relu,relu]", "data=synthetic")
+def test_norm_and_act_take_one_name_per_stage_too(tmp_path, compose_cfg):
+    cfg = compose_cfg("norm=[gn,gn,bn,bn]", "act=[gelu,gelu,relu,relu]", "data=synthetic")
     kw = validate(cfg).model_kwargs
     assert kw["norm"] == ["gn", "gn", "bn", "bn"] and kw["act"] == ["gelu", "gelu", "relu", "relu"]
     write_results(tmp_path, run_identity(cfg, ["pool"] * 4, "synthetic"))  # plain lists in results.json
@@ -180,8 +174,8 @@ def test_norm_and_act_take_one_name_per_stage_too(tmp_path):
     with pytest.raises(
         ConfigError, match=r"^act=\[gelu,relu\] has 2 entries but the model has 4 stages; give one"
     ):
-        validate(cfg_of("act=[gelu,relu]", "data=synthetic"))
+        validate(compose_cfg("act=[gelu,relu]", "data=synthetic"))
     with pytest.raises(
         ConfigError, match=r"^model.residual=\[True,False\] has 2 entries but the model has 4"
     ):
-        validate(cfg_of("+model.residual=[true,false]", "data=synthetic"))
+        validate(compose_cfg("+model.residual=[true,false]", "data=synthetic"))

@@ -251,7 +251,7 @@ def test_imagenet_folder_with_paper_augmentation(tmp_path):
     val = [(x, y) for x, y in data.val]
     assert [len(y) for _, y in val] == [3, 3, 2]
     assert torch.cat([y for _, y in val]).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    train_tf = repr(data.train.loader.dataset.transform)
+    train_tf = repr(data.train.loader.dataset.dataset.transform)  # under SeededSamples
     assert "RandAugment" in train_tf and "RandomErasing" in train_tf and "BICUBIC" in train_tf.upper()
     val_tf = repr(data.val.loader.dataset.dataset.transform)
     assert "size=248" in val_tf and "CenterCrop(size=(224, 224))" in val_tf
@@ -279,6 +279,70 @@ def test_imagenet_shards_train_by_sampler_and_val_without_padding(tmp_path):
     assert not set(train[0]) & set(train[1])
     val = [d.val.loader.dataset.indices for d in ranks]
     assert sorted(val[0] + val[1]) == list(range(9)) and sum(d.val.num_samples for d in ranks) == 9
+
+
+def test_a_resumed_epoch_on_an_image_folder_opens_only_the_rest_and_gives_the_same_batches(tmp_path):
+    write_image_tree(tmp_path, classes=("a", "b", "c"), per_class=4)  # 12 train images: 6 batches of 2
+    cfg = data_cfg("imagenet", root=str(tmp_path), num_classes=3, img_size=32, num_workers=0)
+
+    def loader(num_workers=0):
+        data = build_data(OmegaConf.merge(cfg, {"num_workers": num_workers}), aug_cfg("light"), 2, 4, seed=0)
+        return data.train
+
+    def counting(train, opened):
+        folder = train.loader.dataset.dataset  # the ImageFolder under SeededSamples
+        read = folder.loader
+        folder.loader = lambda path: opened.append(path) or read(path)
+
+    whole, opened_whole = loader(), []
+    counting(whole, opened_whole)
+    whole.set_epoch(1)
+    batches = list(whole)
+    assert len(batches) == len(whole) == 6 and len(opened_whole) == 12
+
+    resumed, opened = loader(), []  # a new process that continues epoch 2 after its 4th batch
+    counting(resumed, opened)
+    resumed.set_epoch(1, start_batch=4)
+    rest = list(resumed)
+    assert len(resumed) == 6 and len(rest) == 2
+    assert opened == opened_whole[8:]  # the skipped batches' images were never opened
+    for (x, y), (x0, y0) in zip(rest, batches[4:], strict=True):
+        assert torch.equal(y, y0) and torch.equal(x, x0)  # augmentation included
+
+    workers = loader(num_workers=2)  # the same batches whichever worker process reads them
+    workers.set_epoch(1, start_batch=3)
+    for (x, y), (x0, y0) in zip(list(workers), batches[3:], strict=True):
+        assert torch.equal(y, y0) and torch.equal(x, x0)
+
+
+def test_a_resumed_epoch_in_memory_gives_the_same_augmented_batches():
+    data = build_data(data_cfg("synthetic", num_train=64), aug_cfg("light"), 8, 16, seed=3)
+    data.train.set_epoch(2)
+    batches = list(data.train)
+    data.train.set_epoch(2, start_batch=5)
+    rest = list(data.train)
+    assert len(rest) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(rest, batches[5:], strict=True))
+
+
+@pytest.mark.filterwarnings(
+    "ignore:This DataLoader will create"
+)  # torch's warning for the explicit 5 on 2 cores
+def test_loader_workers_follow_the_cores_of_this_process_and_an_explicit_value_wins(tmp_path, monkeypatch):
+    write_image_tree(tmp_path)
+    cfg = data_cfg("imagenet", root=str(tmp_path), num_classes=2)
+    assert cfg.num_workers is None  # the preset leaves it to the machine
+
+    def workers(cores, local_world_size, **overrides):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+        data = build_data(
+            OmegaConf.merge(cfg, overrides), None, 2, 4, seed=0, local_world_size=local_world_size
+        )
+        return data.train.loader.num_workers, data.val.loader.num_workers
+
+    assert workers(2, 1) == (2, 2)  # not 8 on a 2-core machine
+    assert workers(16, 4) == (4, 4)  # torchrun --nproc_per_node=4 shares the node's 16 cores
+    assert workers(2, 8) == (1, 1)
+    assert workers(2, 1, num_workers=5) == (5, 5) and workers(16, 1, num_workers=0) == (0, 0)
 
 
 # Synthetic, sharding and epochs --------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def test_an_epoch_cut_by_should_stop_and_resumed_ends_as_an_uncut_one():
         cut_short, batches(), 10, log_interval=3, should_stop=lambda: cut_short.num_updates == 4
     )
     assert (cut.stopped_after, cut.images, cut_short.num_updates) == (4, 16, 4) and not cut.diverged
-    rest = train_one_epoch(cut_short, batches(), 10, log_interval=3, resume_from=cut)
+    rest = train_one_epoch(
+        cut_short, batches()[4:], 10, log_interval=3, resume_from=cut
+    )  # the loader starts there
     assert rest.stopped_after is None and cut_short.num_updates == 10
     assert (rest.loss, rest.images) == (full.loss, full.images)
     for a, b in zip(whole.module.parameters(), cut_short.module.parameters(), strict=True):

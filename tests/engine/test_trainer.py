@@ -4,26 +4,25 @@ propagates, and submitit's preemption signal saving a checkpoint before submitit
 
 import dataclasses
 import signal
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
-from metaformer.engine.trainer import run_settings, slurm_job_id
+from metaformer.engine.preemption import slurm_job_id
+from metaformer.engine.trainer import run_settings
 from metaformer.fast import Settings, fast_settings, resolve_precision
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "trainer.batch_size=16"]
-
-
-def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+QUICK = [
+    "data=synthetic",
+    "data.num_train=64",
+    "data.num_val=32",
+    "trainer.batch_size=16",
+    "trainer.threads=1",
+]
 
 
 class BreaksInEpoch:
@@ -32,9 +31,9 @@ class BreaksInEpoch:
     def __init__(self, loader, epoch: int) -> None:
         self.loader, self.epoch, self.current = loader, epoch, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.current = epoch
-        self.loader.set_epoch(epoch)
+        self.loader.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -57,9 +56,9 @@ def flaky_dataset():
     yield "flaky"
 
 
-def test_train_from_python_with_ema_accumulation_and_clipping(tmp_path):
+def test_train_from_python_with_ema_accumulation_and_clipping(tmp_path, compose_cfg):
     overrides = ["trainer.epochs=2", "trainer.ema=true", "trainer.accumulation=2", "trainer.grad_clip=1.0"]
-    record = train(cfg_of(*QUICK, *overrides, f"output_dir={tmp_path}"))
+    record = train(compose_cfg(*QUICK, *overrides, f"output_dir={tmp_path}"))
     assert record["status"] == "completed" and record["epochs"] == 2
     assert read_results(tmp_path)["best_top1"] == record["best_top1"]
     assert record["global_batch"] == 2 * 16
@@ -90,8 +89,8 @@ def test_train_from_python_with_ema_accumulation_and_clipping(tmp_path):
     )
 
 
-def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_dataset):
-    cfg = cfg_of(*QUICK, f"data.name={flaky_dataset}", "trainer.epochs=3", f"output_dir={tmp_path}")
+def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_dataset, compose_cfg):
+    cfg = compose_cfg(*QUICK, f"data.name={flaky_dataset}", "trainer.epochs=3", f"output_dir={tmp_path}")
     with pytest.raises(OSError, match="input/output error"):
         train(cfg)
     res = read_results(tmp_path)
@@ -100,7 +99,9 @@ def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_d
     assert res["best_top1"] is not None and (tmp_path / "last.pt").is_file()
 
 
-def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit(tmp_path, monkeypatch):
+def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit(
+    tmp_path, monkeypatch, compose_cfg
+):
     seen = []
 
     def submitit_handler(signum, frame):  # what submitit's does: dump the job for a requeue, requeue, exit
@@ -113,14 +114,14 @@ def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit(tmp_
     monkeypatch.setenv("METAFORMER_TEST_SIGNAL", "USR2@6")  # after batch 2 of epoch 2
     try:
         with pytest.raises(SystemExit) as e:
-            train(cfg_of(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+            train(compose_cfg(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # ours is gone again
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert e.value.code == -1 and seen == [(signal.SIGUSR2, "preempted", 1, 2)]
 
     monkeypatch.delenv("METAFORMER_TEST_SIGNAL")  # the requeued job: the same config again
-    record = train(cfg_of(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+    record = train(compose_cfg(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
     assert record["status"] == "completed" and record["epochs"] == 2
 
 
@@ -162,9 +163,30 @@ def test_precision_auto_follows_the_hardware_and_emulated_bf16_is_warned_about(m
     assert "without native bf16" in caplog.text and "trainer.precision=auto" in caplog.text
 
 
-def test_train_on_the_fast_path_records_its_settings(tmp_path):
-    record = train(cfg_of(*QUICK, "trainer.fast=true", "trainer.compile=false", f"output_dir={tmp_path}"))
+def test_train_on_the_fast_path_records_its_settings(tmp_path, compose_cfg):
+    record = train(
+        compose_cfg(*QUICK, "trainer.fast=true", "trainer.compile=false", f"output_dir={tmp_path}")
+    )
     assert record["status"] == "completed"
     expected = fast_settings("cpu", compile=False)
     assert record["settings"] == expected.describe() and record["precision"] == expected.precision
     assert "channels_last" in read_results(tmp_path)["settings"]
+
+
+def test_ema_is_useful_after_one_short_epoch_of_the_cpu_preset(tmp_path, fashion_mnist_present, compose_cfg):
+    # 30 steps of poolformer_cpu on Fashion-MNIST: with timm's EMA warmup (on by default) the average follows
+    # the model; with a fixed decay of 0.9998 it would still be near its random initial weights (about 20%).
+    overrides = [
+        "trainer.epochs=1",
+        "trainer.ema=true",
+        "trainer.batch_size=64",
+        "trainer.limit_train_batches=30",
+    ]
+    record = train(
+        compose_cfg(*overrides, "trainer.limit_val_batches=8", "trainer.threads=1", f"output_dir={tmp_path}")
+    )
+    header, row = (tmp_path / "metrics.csv").read_text().splitlines()
+    metrics = dict(zip(header.split(","), map(float, row.split(",")), strict=True))
+    assert metrics["top1"] > 50, metrics  # chance is 10%
+    assert abs(metrics["top1_ema"] - metrics["top1"]) < 5, metrics
+    assert record["top1"] == metrics["top1_ema"]  # the EMA weights are the run's model

@@ -10,6 +10,7 @@ below, and required ones fail with the key's name.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -72,7 +73,7 @@ class Loader(Protocol):
 
     def __iter__(self) -> Any: ...
     def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
 
 
 @dataclass
@@ -146,10 +147,14 @@ def build_data(
     world_size: int = 1,
     *,
     device: torch.device | str | None = None,
+    local_world_size: int = 1,
 ) -> Data:
     """Return train/val loaders for `rank` of `world_size`; `batch_size` is per rank. In-memory data sets
-    are moved to `device` once (default: CPU) and batched and augmented there."""
+    are moved to `device` once (default: CPU) and batched and augmented there. `data.num_workers: null` means
+    `default_workers(local_world_size)` loader processes per rank."""
     cfg, aug = data_config(data_cfg), aug_config(aug_cfg)
+    if cfg.num_workers is None:
+        cfg.num_workers = default_workers(local_world_size)
     source = _checked_source(cfg)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -164,6 +169,13 @@ def build_data(
             f"{world_size} rank(s); lower the batch size or use more data"
         )
     return data
+
+
+def default_workers(local_world_size: int = 1) -> int:
+    """DataLoader workers per process: the cores this process may run on (its CPU affinity, which SLURM and
+    containers restrict) shared by the `local_world_size` processes of this node, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world_size))
 
 
 def in_memory(load: Callable[[DictConfig], TensorSplits]) -> Callable[..., Data]:

@@ -4,6 +4,12 @@ Two kinds, one interface (`iter`, `len`, `set_epoch`, `num_samples`). `TensorLoa
 tensor by slicing a per-epoch permutation, with no per-sample Python work. `FolderLoader` wraps a torch
 `DataLoader` over image files (ImageNet), with worker processes and a `DistributedSampler`.
 
+Resuming part-way through an epoch costs nothing: `set_epoch(epoch, start_batch=k)` makes the next iteration
+begin at batch k. The skipped batches are never read (for image folders the sampler starts at an offset into the
+epoch's index order, so their files are not opened), and the batches after it are the same, augmentation
+included, as in an uninterrupted epoch: random augmentation is drawn from (seed, epoch, batch) for in-memory
+data and from (seed, epoch, sample index) for image files, never from a stream that depends on what came before.
+
 Sharding is the same for both. Train: every rank draws the same permutation (seeded by seed and epoch), the tail
 that does not fill a batch on every rank is dropped, and each rank gets the same number of batches, so ranks stay
 in lockstep; with the tensor loader, step i of ranks 0..W-1 together is exactly step i of a single process with
@@ -14,7 +20,10 @@ one sample, and so their batch counts may differ by one: do not run a collective
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,12 +81,13 @@ class TensorLoader:
         self.transform = transform
         self.train = train
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
         self._val_indices = None if train else val_shard(len(labels), rank, world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose permutation and augmentation the next iteration uses (no-op for val)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose permutation and augmentation the next iteration uses, starting at batch
+        `start_batch` (train only)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     @property
     def num_samples(self) -> int:
@@ -99,11 +109,67 @@ class TensorLoader:
         return list(torch.split(self._val_indices, self.batch_size))
 
     def __iter__(self) -> Iterator[Batch]:
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 1))
-        for idx in self.batch_indices():
+        start = self.start_batch if self.train else 0
+        gen = torch.Generator()
+        for b, idx in enumerate(self.batch_indices()[start:], start=start):
+            gen.manual_seed(
+                mix_seed(self.seed, self.epoch, self.rank, 1, b)
+            )  # batch b's draws, wherever it starts
             idx = idx.to(self.images.device)
             # index_select is ~10x faster than images[idx] on CPU
             yield self.transform(self.images.index_select(0, idx), gen), self.labels.index_select(0, idx)
+
+
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler that yields `(epoch, index)` pairs, so that a `SeededSamples` data set draws each
+    sample's augmentation from its own seed (in any worker process), and that can start part-way through."""
+
+    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.start = 0  # samples of this epoch to leave out at the front
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Shuffle for `epoch`; the next iteration leaves out its first `start` samples."""
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.start :]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed Python's, numpy's and torch's (CPU) generators, and put them back afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class SeededSamples(Dataset):
+    """A data set indexed by `(epoch, index)` whose random transforms draw from a seed of (seed, epoch, index):
+    a sample looks the same whichever worker reads it and however many samples were read before it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with _seeded(mix_seed(self.seed, epoch, index, 2)):
+            return self.dataset[index]
 
 
 class FolderLoader:
@@ -120,12 +186,14 @@ class FolderLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.sampler: DistributedSampler | None = None
+        self.sampler: EpochSampler | None = None
+        self.batch_size = batch_size
         if train:
             # drop_last in both places: equal, full batches on every rank.
-            self.sampler = DistributedSampler(
+            self.sampler = EpochSampler(
                 dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
             )
+            dataset = SeededSamples(dataset, seed)
         else:
             dataset = Subset(dataset, val_shard(len(dataset), rank, world_size).tolist())
         self.loader = DataLoader(
@@ -140,19 +208,22 @@ class FolderLoader:
             generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle the train shard for `epoch` (no-op for val)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle the train shard for `epoch`; the next iteration starts at batch `start_batch` (no-op for val)."""
         if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)
 
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""
         if self.sampler is not None:
-            return len(self) * self.loader.batch_size
+            return len(self) * self.batch_size
         return len(self.loader.dataset)
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (whatever batch the next iteration starts at)."""
+        if self.sampler is not None:
+            return self.sampler.num_samples // self.batch_size
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
