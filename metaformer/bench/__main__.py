@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from metaformer.bench import run_cli
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
 from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings
 from metaformer.presets import create_model, list_models, preset_config
@@ -32,14 +33,45 @@ from metaformer.profile import profile
 TRAIN_FLOP_FACTOR = 3
 
 TIMM_TWINS = {"poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"}
+# poolformer_cpu's reference: timm's MetaFormer class with the same stages, fed images twice the size so that its
+# fixed 7x7 stride-4 stem gives the same token grids (28 px through our stride-2 stem: 14/7/4/2; 56 px: the same).
+TIMM_CPU_TWIN = "poolformer_cpu"
 
 
 def timm_twin(model: str, mixer: list[str] | None, norm: str | None, act: str | None) -> str | None:
     """The timm model with our model's architecture (timm's PoolFormer v1), or None where timm has none."""
-    if model not in TIMM_TWINS:
+    if model not in TIMM_TWINS | {TIMM_CPU_TWIN}:
         return None
     mixers = set(mixer or ["pool"])
     return model if mixers == {"pool"} and norm in (None, "gn") and act in (None, "gelu") else None
+
+
+def build_timm_twin(name: str, drop_path_rate: float) -> tuple[torch.nn.Module, int | None]:
+    """timm's model for `name` and the input side it needs (None: the same input as ours)."""
+    if name != TIMM_CPU_TWIN:
+        import timm
+
+        return timm.create_model(name, drop_path_rate=drop_path_rate), None
+    from timm.models.metaformer import GroupNorm1, MetaFormer, Pooling
+
+    cfg = preset_config(name)
+    model = MetaFormer(
+        in_chans=cfg["in_chans"],
+        num_classes=cfg["num_classes"],
+        depths=cfg["depths"],
+        dims=cfg["dims"],
+        token_mixers=Pooling,
+        mlp_act=torch.nn.GELU,
+        mlp_bias=True,
+        norm_layers=GroupNorm1,
+        output_norm=GroupNorm1,
+        layer_scale_init_values=cfg["layer_scale_init"],
+        res_scale_init_values=None,
+        downsample_norm=None,
+        use_mlp_head=False,
+        drop_path_rate=drop_path_rate,
+    )
+    return model, 2 * cfg["img_size"]
 
 
 def machine(device: str = "cpu") -> str:
@@ -104,13 +136,11 @@ def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
     twin = None if args.no_timm else timm_twin(args.model, args.mixer, args.norm, args.act)
     fast = fast_settings(args.device, compile={"auto": None, "on": True, "off": False}[args.fast_compile])
     if twin is not None:
-        import timm
-
         dpr = preset_config(args.model)["drop_path_rate"]
-        build = lambda: timm.create_model(twin, drop_path_rate=dpr)  # noqa: E731
-        rows.append(Contender(f"timm {twin}", build(), Settings()))
-        if args.timm_same and args.fast:
-            rows.append(Contender(f"timm {twin}", build(), fast))
+        for settings in [Settings()] + ([fast] if args.timm_same and args.fast else []):
+            model, side = build_timm_twin(twin, dpr)
+            label = f"timm {twin}" if side is None else f"timm MetaFormer ({twin} stages, {side} px)"
+            rows.append(Contender(label, model, settings, img_size=side))
     base = Settings(args.precision, args.channels_last, args.compile)
     rows.append(Contender(f"ours {args.model}", ours, base))
     if args.fast:
@@ -208,4 +238,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m metaformer.bench"))

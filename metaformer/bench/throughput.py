@@ -33,6 +33,7 @@ class Contender:
     name: str
     model: nn.Module
     settings: Settings
+    img_size: int | None = None  # the side of this contender's input, where it differs from the others'
 
 
 @dataclass
@@ -175,7 +176,7 @@ def compare(
     """Warm every contender up, then time them in turn for `rounds` rounds of `iters` steps, the order reversed
     every other round (A B, B A, ...);
     with `profile` > 0, also list each contender's top operators (one profiled step, after the timing)."""
-    steps = [make_step(c, mode, x, y) for c in contenders]
+    steps = [make_step(c, mode, resized(x, c.img_size), y) for c in contenders]
     outcomes = [Outcome(c.name, c.settings.describe()) for c in contenders]
     for step in steps:
         for _ in range(warmup):
@@ -193,6 +194,13 @@ def compare(
         for outcome, step in zip(outcomes, steps, strict=True):
             outcome.top_ops = top_operators(step, x.device, profile)
     return outcomes
+
+
+def resized(x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """`x` at `side` x `side` pixels (bilinear), or `x` itself where `side` is None or already its size."""
+    if side is None or tuple(x.shape[-2:]) == (side, side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
 def matmul_peak_gflops(
