@@ -7,8 +7,9 @@
     python -m metaformer.bench --model poolformer_s12 --mixer pool pool attn attn   # no timm twin: ours only
 
 Rows: timm's model in eager float32 (the reference, where timm has the same architecture), ours with the
-given settings, and with `--fast` ours on the fast path (`metaformer.fast`). Ratios are to the reference, per
-interleaved round; their median is the figure to quote.
+given settings, and with `--fast` ours on the fast path (`metaformer.fast`). Ratios are to the reference (timm's
+twin; without one, ours with the given settings), per interleaved round; their median is the figure to quote.
+On a machine shared with other jobs, `--threads 1 --clock cpu` times by CPU time, which other jobs barely move.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from metaformer.bench import run_cli
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
-from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings
+from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings, with_overrides
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
 
@@ -107,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fast-compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in --fast"
     )
+    p.add_argument(
+        "--fast-precision",
+        choices=["auto", *AUTOCAST_DTYPES],
+        default="auto",
+        help="precision in --fast (auto: bf16 where native)",
+    )
     p.add_argument("--timm-same", action="store_true", help="add timm with the fast path's settings")
     p.add_argument("--no-timm", action="store_true", help="leave timm out")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=2, help="steps per contender per round")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time by this process's CPU time (with --threads 1, on a machine shared with other jobs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak", action="store_true", help="also measure the device's matrix-product GFLOP/s")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="list each row's top N operators")
@@ -135,6 +148,8 @@ def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
     rows: list[Contender] = []
     twin = None if args.no_timm else timm_twin(args.model, args.mixer, args.norm, args.act)
     fast = fast_settings(args.device, compile={"auto": None, "on": True, "off": False}[args.fast_compile])
+    if args.fast_precision != "auto":
+        fast = with_overrides(fast, precision=args.fast_precision)
     if twin is not None:
         dpr = preset_config(args.model)["drop_path_rate"]
         for settings in [Settings()] + ([fast] if args.timm_same and args.fast else []):
@@ -147,7 +162,8 @@ def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
         rows.append(Contender(f"ours {args.model}", copy.deepcopy(ours), fast))
     for c in rows:
         c.model.to(args.device)
-    return rows, 0 if twin is not None else None
+    # the reference: timm's twin, else (when there is more than one row) our model with the base settings
+    return rows, 0 if twin is not None or len(rows) > 1 else None
 
 
 def _table(record: dict[str, Any]) -> str:
@@ -198,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "model": args.model,
         "batch_size": args.batch_size,
+        "clock": args.clock,
         "img_size": size,
         "gmacs": profile(copy.deepcopy(model).cpu(), img_size=size)["gmacs"],
         "results": [],
@@ -219,10 +236,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         record["fast_logits_cosine"] = round(cosine, 6)
         print(f"fast path ({fast_row.settings.describe()}) logits vs float32: cosine similarity {cosine:.6f}")
+    if args.clock == "cpu":
+        print("images/s below are per second of this process's CPU time (--clock cpu), not of wall time")
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     for mode in modes:
         outcomes = compare(
-            rows, mode, x, y, warmup=args.warmup, rounds=args.rounds, iters=args.iters, profile=args.profile
+            rows,
+            mode,
+            x,
+            y,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            iters=args.iters,
+            profile=args.profile,
+            clock=args.clock,
         )
         result = summary(mode, outcomes, reference)
         flop_per_img = 2 * record["gmacs"] * (TRAIN_FLOP_FACTOR if mode == "train" else 1)  # GFLOP

@@ -86,14 +86,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Step, iters: int, device: torch.device) -> float:
-    """Seconds for `iters` calls of `step`."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(step: Step, iters: int, device: torch.device, clock: str = "wall") -> float:
+    """Seconds for `iters` calls of `step`: wall-clock, or with `clock="cpu"` this process's CPU time, which on a
+    CPU shared with other jobs leaves out the time the scheduler gave to them (use it with one thread, where no
+    thread spins waiting for a descheduled sibling)."""
+    now = CLOCKS[clock]
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(iters):
         step()
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -172,6 +178,7 @@ def compare(
     rounds: int = 5,
     iters: int = 2,
     profile: int = 0,
+    clock: str = "wall",
 ) -> list[Outcome]:
     """Warm every contender up, then time them in turn for `rounds` rounds of `iters` steps, the order reversed
     every other round (A B, B A, ...);
@@ -188,7 +195,7 @@ def compare(
         for outcome, step in (
             pairs if r % 2 == 0 else reversed(pairs)
         ):  # A B, B A: no contender always goes first
-            seconds = time_steps(step, iters, x.device)
+            seconds = time_steps(step, iters, x.device, clock)
             outcome.img_per_s.append(iters * len(x) / seconds)
     if profile > 0:
         for outcome, step in zip(outcomes, steps, strict=True):

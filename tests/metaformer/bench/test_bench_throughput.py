@@ -77,6 +77,7 @@ def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
             assert row["gflops"] == pytest.approx(
                 row["median_img_per_s"] * 2 * record["gmacs"] * (3 if result["mode"] == "train" else 1),
                 rel=0.01,
+                abs=0.06,  # gflops is rounded to 0.1
             )
         assert all(len(r["ratios"]) == 2 for r in result["rows"][1:])
     assert "| timm poolformer_s12 | fp32 |" in capsys.readouterr().out
@@ -104,6 +105,29 @@ def test_cpu_preset_is_timed_against_timms_metaformer_at_56_px(tmp_path):
         "fp32",
         fast_settings("cpu").precision,
     ]
+
+
+def test_without_a_twin_the_fast_row_is_compared_with_ours(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        "--model",
+        "poolformer_cpu",
+        "--mixer",
+        "attn",
+        "--mode",
+        "train",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "2",
+    ]
+    args += ["--iters", "1", "--warmup", "1", "--precision", "bf16", "--fast", "--fast-compile", "off"]
+    assert main([*args, "--fast-precision", "fp32", "--clock", "cpu", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    (result,) = record["results"]
+    assert record["clock"] == "cpu" and result["reference"] == "ours poolformer_cpu"
+    assert [r["settings"] for r in result["rows"]] == ["bf16", "fp32+channels_last"]
+    assert len(result["rows"][1]["ratios"]) == 2
 
 
 @pytest.mark.parametrize(
