@@ -28,9 +28,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], prog: str, argv: Sequen
     try:
         return main(argv)
     except USER_ERRORS as e:
-        message = str(e).strip().splitlines() or [type(e).__name__]
-        print(
-            f"{prog}: error: {message[0].strip(chr(39)) if isinstance(e, KeyError) else message[0]}",
-            file=sys.stderr,
-        )
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # str(KeyError) adds quotes
+        lines = str(text).strip().splitlines() or [type(e).__name__]
+        print(f"{prog}: error: {lines[0]}", file=sys.stderr)
         return 2
