@@ -3,6 +3,11 @@
 Module names follow timm's MetaFormer (`norm1`, `token_mixer`, `layer_scale1.scale`, `mlp.fc1`, ...) so timm's
 PoolFormer weights load without renaming. The switches the paper ablates live here: no residual, no channel MLP,
 no layer scale, and MetaFormer v2's res scale.
+
+On channels-last input the channel MLP runs as `F.linear` over the channels of an NHWC view (no copies): the same
+`(hidden, dim, 1, 1)` convolution weights, the same arithmetic, several times faster on a CPU than oneDNN's 1x1
+convolutions at these small grids (experiments/BENCHMARKS.md). NCHW input keeps the convolutions, which are the
+faster choice in that layout.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.models.metaformer import Scale
 from torch import nn
@@ -57,7 +63,9 @@ class MetaFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._add(self.res_scale1(x), self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x)))))
         if self.channel_mlp:
-            x = self._add(self.res_scale2(x), self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x)))))
+            x = self._add(
+                self.res_scale2(x), self.layer_scale2(self.drop_path2(channel_mlp(self.mlp, self.norm2(x))))
+            )
         return x
 
     def _add(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -66,3 +74,22 @@ class MetaFormerBlock(nn.Module):
 
 def _scale(dim: int, init: float | None) -> nn.Module:
     return nn.Identity() if init is None else Scale(dim, init_value=init, use_nchw=True)
+
+
+def channel_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`mlp(x)` for timm's convolutional `Mlp`; on channels-last `x`, as linear layers over an NHWC view.
+
+    The permutes are views (a channels-last NCHW tensor is a contiguous NHWC one), the weights are views of the
+    1x1 convolution weights, so parameters, state dicts and gradients are the convolutions' own.
+    """
+    if not (is_channels_last(x) and isinstance(mlp, Mlp) and isinstance(mlp.norm, nn.Identity)):
+        return mlp(x)
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    h = F.linear(x.permute(0, 2, 3, 1), fc1.weight.flatten(1), fc1.bias)
+    h = mlp.drop1(mlp.act(h))
+    return mlp.drop2(F.linear(h, fc2.weight.flatten(1), fc2.bias)).permute(0, 3, 1, 2)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels-last and not also NCHW-contiguous (where both layouts coincide)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -88,11 +90,35 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def compile_cache_dir() -> Path:
+    """Where compiled kernels are kept between runs: `$TORCHINDUCTOR_CACHE_DIR` when set, else
+    `$XDG_CACHE_HOME/metaformer/torchinductor` (`~/.cache/...`), not torch's default under /tmp, which a reboot or a
+    fresh container empties."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "metaformer" / "torchinductor"
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """`torch.compile(model)` with Inductor's FX-graph and AOTAutograd caches kept in `compile_cache_dir()`, so that
+    only the first run of a model (and shape, dtype, torch version) pays for compiling; later ones load the kernels."""
+    cache = compile_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # read by Inductor whenever it looks a kernel up
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return torch.compile(model)
+
+
 def prepare_model(model: nn.Module, settings: Settings) -> nn.Module:
     """Apply the memory format in place and return the module to call (compiled when asked)."""
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if settings.compile else model
+    return compile_model(model) if settings.compile else model
 
 
 def prepare_inference(model: nn.Module, settings: Settings) -> nn.Module:

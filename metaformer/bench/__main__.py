@@ -7,8 +7,9 @@
     python -m metaformer.bench --model poolformer_s12 --mixer pool pool attn attn   # no timm twin: ours only
 
 Rows: timm's model in eager float32 (the reference, where timm has the same architecture), ours with the
-given settings, and with `--fast` ours on the fast path (`metaformer.fast`). Ratios are to the reference, per
-interleaved round; their median is the figure to quote.
+given settings, and with `--fast` ours on the fast path (`metaformer.fast`). Ratios are to the reference (timm's
+twin; without one, ours with the given settings), per interleaved round; their median is the figure to quote.
+On a machine shared with other jobs, `--threads 1 --clock cpu` times by CPU time, which other jobs barely move.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 
 import torch
 
+from metaformer.bench import run_cli
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
-from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings
+from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings, with_overrides
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
 
@@ -32,14 +34,45 @@ from metaformer.profile import profile
 TRAIN_FLOP_FACTOR = 3
 
 TIMM_TWINS = {"poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"}
+# poolformer_cpu's reference: timm's MetaFormer class with the same stages, fed images twice the size so that its
+# fixed 7x7 stride-4 stem gives the same token grids (28 px through our stride-2 stem: 14/7/4/2; 56 px: the same).
+TIMM_CPU_TWIN = "poolformer_cpu"
 
 
 def timm_twin(model: str, mixer: list[str] | None, norm: str | None, act: str | None) -> str | None:
     """The timm model with our model's architecture (timm's PoolFormer v1), or None where timm has none."""
-    if model not in TIMM_TWINS:
+    if model not in TIMM_TWINS | {TIMM_CPU_TWIN}:
         return None
     mixers = set(mixer or ["pool"])
     return model if mixers == {"pool"} and norm in (None, "gn") and act in (None, "gelu") else None
+
+
+def build_timm_twin(name: str, drop_path_rate: float) -> tuple[torch.nn.Module, int | None]:
+    """timm's model for `name` and the input side it needs (None: the same input as ours)."""
+    if name != TIMM_CPU_TWIN:
+        import timm
+
+        return timm.create_model(name, drop_path_rate=drop_path_rate), None
+    from timm.models.metaformer import GroupNorm1, MetaFormer, Pooling
+
+    cfg = preset_config(name)
+    model = MetaFormer(
+        in_chans=cfg["in_chans"],
+        num_classes=cfg["num_classes"],
+        depths=cfg["depths"],
+        dims=cfg["dims"],
+        token_mixers=Pooling,
+        mlp_act=torch.nn.GELU,
+        mlp_bias=True,
+        norm_layers=GroupNorm1,
+        output_norm=GroupNorm1,
+        layer_scale_init_values=cfg["layer_scale_init"],
+        res_scale_init_values=None,
+        downsample_norm=None,
+        use_mlp_head=False,
+        drop_path_rate=drop_path_rate,
+    )
+    return model, 2 * cfg["img_size"]
 
 
 def machine(device: str = "cpu") -> str:
@@ -75,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fast-compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in --fast"
     )
+    p.add_argument(
+        "--fast-precision",
+        choices=["auto", *AUTOCAST_DTYPES],
+        default="auto",
+        help="precision in --fast (auto: bf16 where native)",
+    )
     p.add_argument("--timm-same", action="store_true", help="add timm with the fast path's settings")
     p.add_argument("--no-timm", action="store_true", help="leave timm out")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=2, help="steps per contender per round")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time by this process's CPU time (with --threads 1, on a machine shared with other jobs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak", action="store_true", help="also measure the device's matrix-product GFLOP/s")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="list each row's top N operators")
@@ -103,21 +148,22 @@ def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:
     rows: list[Contender] = []
     twin = None if args.no_timm else timm_twin(args.model, args.mixer, args.norm, args.act)
     fast = fast_settings(args.device, compile={"auto": None, "on": True, "off": False}[args.fast_compile])
+    if args.fast_precision != "auto":
+        fast = with_overrides(fast, precision=args.fast_precision)
     if twin is not None:
-        import timm
-
         dpr = preset_config(args.model)["drop_path_rate"]
-        build = lambda: timm.create_model(twin, drop_path_rate=dpr)  # noqa: E731
-        rows.append(Contender(f"timm {twin}", build(), Settings()))
-        if args.timm_same and args.fast:
-            rows.append(Contender(f"timm {twin}", build(), fast))
+        for settings in [Settings()] + ([fast] if args.timm_same and args.fast else []):
+            model, side = build_timm_twin(twin, dpr)
+            label = f"timm {twin}" if side is None else f"timm MetaFormer ({twin} stages, {side} px)"
+            rows.append(Contender(label, model, settings, img_size=side))
     base = Settings(args.precision, args.channels_last, args.compile)
     rows.append(Contender(f"ours {args.model}", ours, base))
     if args.fast:
         rows.append(Contender(f"ours {args.model}", copy.deepcopy(ours), fast))
     for c in rows:
         c.model.to(args.device)
-    return rows, 0 if twin is not None else None
+    # the reference: timm's twin, else (when there is more than one row) our model with the base settings
+    return rows, 0 if twin is not None or len(rows) > 1 else None
 
 
 def _table(record: dict[str, Any]) -> str:
@@ -168,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "model": args.model,
         "batch_size": args.batch_size,
+        "clock": args.clock,
         "img_size": size,
         "gmacs": profile(copy.deepcopy(model).cpu(), img_size=size)["gmacs"],
         "results": [],
@@ -189,10 +236,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         record["fast_logits_cosine"] = round(cosine, 6)
         print(f"fast path ({fast_row.settings.describe()}) logits vs float32: cosine similarity {cosine:.6f}")
+    if args.clock == "cpu":
+        print("images/s below are per second of this process's CPU time (--clock cpu), not of wall time")
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     for mode in modes:
         outcomes = compare(
-            rows, mode, x, y, warmup=args.warmup, rounds=args.rounds, iters=args.iters, profile=args.profile
+            rows,
+            mode,
+            x,
+            y,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            iters=args.iters,
+            profile=args.profile,
+            clock=args.clock,
         )
         result = summary(mode, outcomes, reference)
         flop_per_img = 2 * record["gmacs"] * (TRAIN_FLOP_FACTOR if mode == "train" else 1)  # GFLOP
@@ -208,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m metaformer.bench"))

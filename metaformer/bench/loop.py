@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from metaformer.bench import run_cli
 from metaformer.engine.config import validate
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m metaformer.bench.loop"))

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from metaformer.bench import run_cli
 from metaformer.bench.throughput import peak_memory_mib, synchronize, time_steps
 from metaformer.block import MetaFormerBlock
 from mixers import list_mixers
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m metaformer.bench.scaling"))

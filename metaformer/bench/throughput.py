@@ -33,6 +33,7 @@ class Contender:
     name: str
     model: nn.Module
     settings: Settings
+    img_size: int | None = None  # the side of this contender's input, where it differs from the others'
 
 
 @dataclass
@@ -85,14 +86,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Step, iters: int, device: torch.device) -> float:
-    """Seconds for `iters` calls of `step`."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(step: Step, iters: int, device: torch.device, clock: str = "wall") -> float:
+    """Seconds for `iters` calls of `step`: wall-clock, or with `clock="cpu"` this process's CPU time, which on a
+    CPU shared with other jobs leaves out the time the scheduler gave to them (use it with one thread, where no
+    thread spins waiting for a descheduled sibling)."""
+    now = CLOCKS[clock]
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(iters):
         step()
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -171,11 +178,12 @@ def compare(
     rounds: int = 5,
     iters: int = 2,
     profile: int = 0,
+    clock: str = "wall",
 ) -> list[Outcome]:
     """Warm every contender up, then time them in turn for `rounds` rounds of `iters` steps, the order reversed
     every other round (A B, B A, ...);
     with `profile` > 0, also list each contender's top operators (one profiled step, after the timing)."""
-    steps = [make_step(c, mode, x, y) for c in contenders]
+    steps = [make_step(c, mode, resized(x, c.img_size), y) for c in contenders]
     outcomes = [Outcome(c.name, c.settings.describe()) for c in contenders]
     for step in steps:
         for _ in range(warmup):
@@ -187,12 +195,19 @@ def compare(
         for outcome, step in (
             pairs if r % 2 == 0 else reversed(pairs)
         ):  # A B, B A: no contender always goes first
-            seconds = time_steps(step, iters, x.device)
+            seconds = time_steps(step, iters, x.device, clock)
             outcome.img_per_s.append(iters * len(x) / seconds)
     if profile > 0:
         for outcome, step in zip(outcomes, steps, strict=True):
             outcome.top_ops = top_operators(step, x.device, profile)
     return outcomes
+
+
+def resized(x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """`x` at `side` x `side` pixels (bilinear), or `x` itself where `side` is None or already its size."""
+    if side is None or tuple(x.shape[-2:]) == (side, side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
 def matmul_peak_gflops(

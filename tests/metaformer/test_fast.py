@@ -1,5 +1,9 @@
 """The fast path: settings chosen from the hardware, and logits that agree with float32."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -82,3 +86,24 @@ def test_inference_copy_is_bf16_and_leaves_the_model_in_float32():
     assert next(model.parameters()).dtype == torch.float32
     x = prepare_input(torch.randn(2, 1, 28, 28), Settings("bf16", channels_last=True), inference=True)
     assert x.dtype == torch.bfloat16 and frozen(x).shape == (2, 10)
+
+
+def test_compile_cache_lives_under_the_users_cache_folder(monkeypatch, tmp_path):
+    from metaformer.fast import compile_cache_dir, compile_model
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "metaformer" / "torchinductor"
+    compiled = compile_model(torch.nn.Linear(2, 2))  # lazy: nothing is compiled until the first call
+    assert compiled is not None and (tmp_path / "metaformer" / "torchinductor").is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "metaformer" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"
+
+
+def test_bf16_detection_honours_an_avx2_restriction():
+    """oneDNN restricted to AVX2 kernels (ONEDNN_MAX_CPU_ISA) has no bf16 arithmetic, so `auto` must pick float32."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    code = "from metaformer.fast import resolve_precision; print(resolve_precision('auto', 'cpu'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "fp32"

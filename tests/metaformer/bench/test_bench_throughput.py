@@ -3,9 +3,13 @@
 import json
 
 import pytest
+import torch
 
-from metaformer.bench.__main__ import main, timm_twin
+from metaformer import create_model
+from metaformer.bench import run_cli
+from metaformer.bench.__main__ import build_timm_twin, main, timm_twin
 from metaformer.bench.throughput import Outcome, ratios, summary
+from metaformer.fast import fast_settings
 
 
 def test_timm_twin_only_for_the_same_architecture():
@@ -13,7 +17,35 @@ def test_timm_twin_only_for_the_same_architecture():
     assert timm_twin("poolformer_m36", ["pool"], "gn", "gelu") == "poolformer_m36"
     assert timm_twin("poolformer_s12", ["pool", "pool", "attn", "attn"], None, None) is None
     assert timm_twin("poolformer_s12", None, "bn", None) is None
-    assert timm_twin("poolformer_cpu", None, None, None) is None
+    assert timm_twin("poolformer_cpu", None, None, None) == "poolformer_cpu"
+    assert timm_twin("poolformer_cpu", ["attn"], None, None) is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_preset_stages_compute_what_timms_compute(channels_last):
+    """With the same weights, our poolformer_cpu stages (eager, or the channels-last fast layout) give timm's
+    MetaFormer stages' outputs and gradients; the reference's 56 px input meets them at the same 14x14 grid."""
+    torch.manual_seed(0)
+    reference, side = build_timm_twin("poolformer_cpu", 0.0)
+    ours = create_model("poolformer_cpu")
+    ours.stages.load_state_dict(reference.stages.state_dict())
+    assert side == 56 and reference.stem(torch.randn(1, 1, side, side)).shape[-2:] == (14, 14)
+    x = torch.randn(4, 32, 14, 14)
+    if channels_last:
+        ours.to(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for model, inp in (
+        (reference, x),
+        (ours, x.contiguous(memory_format=torch.channels_last) if channels_last else x),
+    ):
+        inp = inp.clone().requires_grad_()
+        out = model.stages(inp)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([inp.grad] + [p.grad for p in model.stages.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
 def test_ratios_pair_rounds_and_summary_takes_their_median():
@@ -45,9 +77,66 @@ def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
             assert row["gflops"] == pytest.approx(
                 row["median_img_per_s"] * 2 * record["gmacs"] * (3 if result["mode"] == "train" else 1),
                 rel=0.01,
+                abs=0.06,  # gflops is rounded to 0.1
             )
         assert all(len(r["ratios"]) == 2 for r in result["rows"][1:])
     assert "| timm poolformer_s12 | fp32 |" in capsys.readouterr().out
+
+
+def test_cpu_preset_is_timed_against_timms_metaformer_at_56_px(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        "--model",
+        "poolformer_cpu",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "1",
+    ]
+    assert main([*args, "--mode", "train", "--fast", "--fast-compile", "off", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["reference"] == "timm MetaFormer (poolformer_cpu stages, 56 px)"
+    assert [r["settings"].split("+")[0] for r in result["rows"]] == [
+        "fp32",
+        "fp32",
+        fast_settings("cpu").precision,
+    ]
+
+
+def test_without_a_twin_the_fast_row_is_compared_with_ours(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        "--model",
+        "poolformer_cpu",
+        "--mixer",
+        "attn",
+        "--mode",
+        "train",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "2",
+    ]
+    args += ["--iters", "1", "--warmup", "1", "--precision", "bf16", "--fast", "--fast-compile", "off"]
+    assert main([*args, "--fast-precision", "fp32", "--clock", "cpu", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    (result,) = record["results"]
+    assert record["clock"] == "cpu" and result["reference"] == "ours poolformer_cpu"
+    assert [r["settings"] for r in result["rows"]] == ["bf16", "fp32+channels_last"]
+    assert len(result["rows"][1]["ratios"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["--mixer", "nope"], ["--model", "poolformer_cpu", "--norm", "nope", "--mode", "infer"]]
+)
+def test_wrong_arguments_give_one_line_errors(argv, capsys):
+    assert run_cli(main, "python -m metaformer.bench", argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m metaformer.bench: error: unknown") and "nope" in err and "\n" not in err
 
 
 def test_harness_without_a_timm_twin_reports_ours_only(tmp_path):
