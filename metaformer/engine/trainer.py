@@ -16,6 +16,7 @@ resumable from the last epoch's `last.pt`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,28 +51,16 @@ from metaformer.engine.config import ConfigError, RunSpec, validate
 from metaformer.engine.loggers import METRICS_FILE, MetricsCSV, WandbLogger, format_epoch
 from metaformer.engine.loop import EpochStats, Stepper, evaluate, train_one_epoch
 from metaformer.engine.preemption import StopRequest, requeue, slurm_job_id
-from metaformer.engine.results import git_state, run_identity, write_results
+from metaformer.engine.results import RESULTS_FILE, git_state, run_identity, write_results
 from metaformer.engine.schema import OPTIM_OWN_KEYS
 from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
 
 log = logging.getLogger(__name__)
 
-# Environment variables: torch threads per process; a folder where every rank saves its final weights (for tests
-# and debugging DDP: all ranks must end with the same weights); a test hook, `SIGNAL@STEP` (e.g. `USR1@6`,
-# `KILL@6`), that makes the process send itself that signal right after optimizer step STEP, when the step does
-# not end an epoch, so tests can stop a run at an exact point.
+# Environment variables: torch threads per process; a folder where every rank saves its final weights (for
+# debugging DDP: all ranks must end with the same weights).
 THREADS_ENV = "METAFORMER_THREADS"
 RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
-TEST_SIGNAL_ENV = "METAFORMER_TEST_SIGNAL"
-
-
-def _test_signal() -> tuple[int, int] | None:
-    """The (signal, step) of the METAFORMER_TEST_SIGNAL hook, if set."""
-    value = os.environ.get(TEST_SIGNAL_ENV)
-    if not value:
-        return None
-    name, _, step = value.partition("@")
-    return int(getattr(signal, "SIG" + name.upper().removeprefix("SIG"))), int(step)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -201,17 +190,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     # Rank 0 validates with its run folder; the others learn the folder after joining the group.
     run_dir = run_dir_of(cfg) if D.env_rank() == 0 else None
-    spec = validate(cfg, run_dir)
+    try:
+        spec = validate(cfg, run_dir)
+    except Exception as e:
+        record_refusal(cfg, run_dir, e)
+        raise
     dist = D.init_distributed(cfg.trainer.device)
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
         with StopRequest() as stop:
-            run = _Run(cfg, spec, dist, run_dir, start, stop)
+            try:
+                run = _Run(cfg, spec, dist, run_dir, start, stop)
+            except Exception as e:
+                record_refusal(cfg, run_dir if dist.is_main else None, e, spec.mixers)
+                raise
             if dist.is_main:
                 save_hydra_files(run_dir, cfg)
             return run.fit()
     finally:
         D.cleanup()
+
+
+def record_refusal(cfg: DictConfig, run_dir: Path | None, error: Exception, mixers: Any = None) -> None:
+    """Leave a `failed` results.json with the error (and `.hydra/`, which the analysis looks for) in a new run
+    folder whose job was refused before training (one job of a sweep, say), so the analysis lists it. A folder
+    that already holds a run (results.json or last.pt) is left exactly as it was, and so is one that is not
+    there."""
+    if run_dir is None or not run_dir.is_dir() or any((run_dir / f).exists() for f in (RESULTS_FILE, LAST)):
+        return
+    message = " ".join(str(error).split())
+    try:
+        identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
+    except Exception:  # a config too broken to describe: the error says why
+        identity = {}
+    error_text = message if isinstance(error, ConfigError) else f"{type(error).__name__}: {message}"
+    with contextlib.suppress(OSError):
+        save_hydra_files(run_dir, cfg)
+        write_results(
+            run_dir, {"status": "failed", "epochs": 0, **identity, **git_state(), "error": error_text}
+        )
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
@@ -253,7 +270,6 @@ class _Run:
         self.cfg, self.spec, self.dist, self.run_dir, self.start = cfg, spec, dist, run_dir, start
         self.stop = stop or StopRequest()
         self._stop_checks = 0
-        self._test_signal = _test_signal()
         t = cfg.trainer
         parallel_jobs, self.sweep = _hydra_launcher()
         _set_threads(cfg, dist, parallel_jobs)
@@ -460,8 +476,6 @@ class _Run:
     def _should_stop(self) -> bool:
         """Asked after each optimizer step: stop here? Every rank gets the same answer (checked every
         `log_interval` steps under DDP, where asking costs a collective)."""
-        if self._test_signal is not None and self.step.num_updates == self._test_signal[1]:
-            os.kill(os.getpid(), self._test_signal[0])
         if not self.dist.distributed:
             return self.stop.signum is not None
         self._stop_checks += 1
@@ -494,10 +508,18 @@ class _Run:
         }
 
     def _after_preemption(self, record: dict[str, Any]) -> None:
-        """Requeue the job if asked (SLURM) or hand the signal on (submitit requeues), then exit 128 + signal."""
+        """Requeue the job if asked (SLURM) or hand the signal on (submitit requeues), then exit 128 + signal.
+        A signal that an earlier handler takes over is not requeued here too: that handler requeues the job."""
         signum = self.stop.signum
         job = slurm_job_id()
-        if self.cfg.trainer.get("requeue") and job and self.dist.is_main and signum is not None:
+        handed_on = self.stop.earlier_handler is not None
+        if (
+            self.cfg.trainer.get("requeue")
+            and job
+            and self.dist.is_main
+            and signum is not None
+            and not handed_on
+        ):
             problem = requeue(job)
             record = {**record, "requeued": problem is None, "requeue_job": job}
             if problem:
