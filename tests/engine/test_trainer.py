@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
+from metaformer.engine.parts import run_settings
 from metaformer.engine.preemption import slurm_job_id
-from metaformer.engine.trainer import run_settings
 from metaformer.fast import Settings, fast_settings, resolve_precision
 from tests.signals import register_signalling
 
@@ -195,12 +195,12 @@ def test_fast_switch_resolves_for_the_hardware_and_explicit_keys_win():
 
 
 def test_precision_auto_follows_the_hardware_and_emulated_bf16_is_warned_about(monkeypatch, caplog):
-    import metaformer.engine.trainer as trainer
+    import metaformer.engine.parts as parts
 
     cpu = torch.device("cpu")
     assert run_settings(_trainer_cfg(precision="auto"), cpu).precision == resolve_precision("auto", cpu)
-    monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
-    with caplog.at_level("WARNING", logger="metaformer.engine.trainer"):
+    monkeypatch.setattr(parts, "bf16_supported", lambda device: False)
+    with caplog.at_level("WARNING", logger="metaformer.engine.parts"):
         assert run_settings(_trainer_cfg(precision="bf16"), cpu).precision == "bf16"
     assert "without native bf16" in caplog.text and "trainer.precision=auto" in caplog.text
 
