@@ -2,9 +2,11 @@
 
 `train(cfg)` is the one entry point; run.py calls it under Hydra, and a notebook can call it with a config from
 Hydra's compose API and `output_dir=PATH`. The modules, in the order a run meets them: `config` (validation),
-`distributed` (process groups, devices, threads), `data` (datasets and loaders), `loop` (one epoch, evaluation),
-`checkpoint`, `loggers` (CSV, console, wandb), `results` (results.json), `preemption` (signals, SLURM requeue),
-`schema` (the typed config groups) and `trainer`, which wires them together.
+`distributed` (process groups, devices, threads), `data` (datasets and loaders), `parts` (the model, optimizer,
+scheduler, loss, EMA and loggers a config describes), `loop` (one epoch, evaluation), `state` (the resumable
+state: what last.pt holds), `checkpoint` (writing and reading checkpoint files), `loggers` (CSV, console, wandb),
+`results` (results.json), `preemption` (signals, SLURM requeue), `schema` (the typed config groups) and
+`trainer`, which wires them together.
 """
 
 from metaformer.engine.config import ConfigError, validate

@@ -1,10 +1,11 @@
 """Checkpoints: `last.pt` (everything needed to resume) and `best.pt` (the weights of the best epoch).
 
 Both use timm's layout, so `timm.models.load_checkpoint(model, "best.pt")` reads them: the weights under
-`state_dict` (and `state_dict_ema` with EMA), plus `epoch`, `arch` and `metric`. `last.pt` adds the optimizer,
-scheduler and scaler states, the update count, the random-generator states of every rank, the best score so far,
-the wall time spent and the resolved config, so a resumed run continues exactly where it stopped: at an epoch
-boundary (`batch` 0), or after batch `batch` of the next epoch when a preempted run saved mid-epoch.
+`state_dict` (and `state_dict_ema` with EMA), plus `epoch`, `arch` and `metric`. What else `last.pt` holds is
+`TrainState.state_dict()` (state.py): the optimizer, scheduler and scaler states, the update count, the
+random-generator states of every rank, the best score so far, the wall time spent and the resolved config, so a
+resumed run continues exactly where it stopped: at an epoch boundary (`batch` 0), or after batch `batch` of the
+next epoch when a preempted run saved mid-epoch. This module writes and reads files; it knows no keys but timm's.
 
 Every file is written to a temporary name, flushed to disk and renamed over the old one, so a job killed at any
 moment leaves the previous checkpoint readable. Files are read with `torch.load(weights_only=True)`: plain

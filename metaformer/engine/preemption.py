@@ -5,7 +5,8 @@ time limit) are caught while a run trains: `StopRequest` only records them, and 
 current optimizer step, saves last.pt there and ends the run as `preempted`. Under submitit
 (hydra-submitit-launcher) its own preemption signal is caught too, and handed on to submitit's handler after the
 checkpoint, which requeues the job. With `trainer.requeue=true` under plain SLURM, `requeue` asks `scontrol` to
-put the job back in the queue.
+put the job back in the queue; a signal that goes on to an earlier handler (submitit's) is requeued by that
+handler alone, since a second `scontrol requeue` of the same job fails.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,17 @@ class StopRequest:
         """The received signal's name, e.g. SIGUSR1."""
         return signal.Signals(self.signum).name if self.signum is not None else "none"
 
+    @property
+    def earlier_handler(self) -> Callable[[int, Any], Any] | None:
+        """The Python handler installed before ours for the received signal (submitit's), if any."""
+        previous = self.previous.get(self.signum) if self.signum is not None else None
+        return previous if callable(previous) else None
+
     def hand_on(self) -> None:
         """Call the handler that was installed before ours for the received signal (submitit's requeue)."""
-        previous = self.previous.get(self.signum) if self.signum is not None else None
-        if callable(previous):
-            previous(self.signum, None)
+        handler = self.earlier_handler
+        if handler is not None:
+            handler(self.signum, None)
 
 
 def slurm_job_id() -> str | None:

@@ -1,5 +1,6 @@
 """Every mistake a user is likely to make stops `python run.py` before training, with one line on stderr, the
-right exit status (2: a bad value, 1: the environment) and no traceback, and nothing written.
+right exit status (2: a bad value, 1: the environment) and no traceback, and nothing trained (a new run folder
+gets only a `failed` results.json with the error).
 
 The cases call run.py's entry function in this process (the `cli` fixture); tests/cli/test_train.py runs the
 real process. Words in capitals in a case's arguments are files the fixture makes: a file where a folder should
@@ -7,6 +8,7 @@ be, Fashion-MNIST copies with one file truncated, a checkpoint that would run co
 """
 
 import gzip
+import json
 import os
 from pathlib import Path
 
@@ -206,7 +208,10 @@ def test_mistake_exits_with_one_clear_line(case, names, cli, quick, tmp_path, mo
     assert len(outcome.lines) == 1, outcome.err
     assert outcome.lines[0].startswith("run.py: error: ") and expected in outcome.lines[0], outcome.lines[0]
     assert "Traceback" not in outcome.err
-    assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("results.json"))  # nothing ran
+    assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("last.pt"))  # nothing ran
+    for path in tmp_path.rglob("results.json"):  # a new run folder records the refusal
+        record = json.loads(path.read_text())
+        assert record["status"] == "failed" and record["error"] in outcome.lines[0], record
     if case == "a checkpoint that would run code":
         marker = Path(names["MARKER"])
         assert not marker.exists()  # run.py refused it before anything in it ran

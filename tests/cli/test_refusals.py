@@ -1,11 +1,16 @@
 """A command refused before training leaves an existing run folder byte for byte as it was: a bad config, a
 checkpoint of another model, a resume path that is not there, an unsafe or a corrupt checkpoint. Only a run that
-started writes `.hydra/` and `results.json`; the refusal goes to the console (and may be appended to run.log)."""
+started writes `.hydra/`; the refusal goes to the console (and may be appended to run.log). A new run folder (one
+job of a sweep, say) gets a `failed` results.json with the error, so the analysis lists the job."""
 
+import json
 import shutil
 
 import pytest
 import torch
+
+from analysis import collect_runs
+from analysis.table import excluded_runs
 
 
 class RunsCode:
@@ -74,3 +79,16 @@ def test_a_corrupt_last_pt_is_named_as_corrupt_and_left_alone(
     assert _unchanged(before, folder_snapshot(run))
     last.write_bytes(b"not a checkpoint at all")  # garbage: corrupt too, not "unsafe"
     assert "is truncated or corrupt" in cli(*quick, "trainer.epochs=2", f"hydra.run.dir={run}").lines[0]
+
+
+def test_a_refused_job_in_a_new_run_folder_is_recorded_as_failed_and_listed(tmp_path, cli, quick):
+    run = tmp_path / "new"
+    refused = cli(*quick, "mixer=poool", f"hydra.run.dir={run}")
+    assert refused.code == 2 and len(refused.lines) == 1, refused.err
+    record = json.loads((run / "results.json").read_text())
+    assert record["status"] == "failed" and record["epochs"] == 0
+    assert "unknown mixer 'poool'" in record["error"] and record["error"] in refused.lines[0]
+    assert record["model"] == "poolformer_cpu" and record["seed"] == 0  # what the job was asked to train
+    assert not (run / "last.pt").exists() and not (run / "metrics.csv").exists()
+    excluded = excluded_runs(collect_runs([tmp_path]))
+    assert list(excluded["status"]) == ["failed"] and "unknown mixer 'poool'" in excluded["reason"][0]

@@ -1,4 +1,4 @@
-"""`python run.py` trains for real: Fashion-MNIST learns, the run folder holds what DESIGN.md promises, two runs of
+"""`python run.py` trains for real: Fashion-MNIST learns, the run folder holds what docs/run-folder.md promises, two runs of
 one config agree exactly, a run killed (SIGKILL) or preempted (SIGTERM, SIGUSR1) mid-epoch and started again ends
 with the same weights and metrics as one left alone, SLURM requeue is asked for, and a NaN ends one job of a sweep
 as `diverged` (with its step) while the others go on."""
@@ -7,6 +7,9 @@ import csv
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ import torch
 from analysis import collect_runs
 from analysis.table import excluded_runs
 from metaformer.engine.results import RESULT_KEYS
+
+SIGNALLING_RUN = Path(__file__).with_name("signalling_run.py")
 
 
 def results_of(folder):
@@ -80,23 +85,32 @@ def fake_scontrol(folder):
     return folder / "calls"
 
 
+def start_signalled(when: str, *args: str, cwd, env) -> subprocess.Popen:
+    """Start `python run.py ARGS` as a real process whose data sends it a real signal at an exact point
+    (`when`: SIG@EPOCH.BATCH, see tests/cli/signalling_run.py)."""
+    return subprocess.Popen(
+        [sys.executable, str(SIGNALLING_RUN), when, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_path, processes, quick):
     start, finish, cli_env, exact = processes.start, processes.finish, processes.env, [*quick, *EXACT]
     calls = fake_scontrol(tmp_path / "bin")
     slurm = cli_env(SLURM_JOB_ID="4242", PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    interrupted = {  # name: (extra overrides, environment of the first attempt)
-        "killed": ([], cli_env(METAFORMER_TEST_SIGNAL="KILL@5")),  # mid-epoch 2: last.pt is epoch 1's
-        "term": ([], cli_env(METAFORMER_TEST_SIGNAL="TERM@2")),  # mid-epoch 1: saves after batch 2
-        "usr1": (["trainer.requeue=true"], {**slurm, "METAFORMER_TEST_SIGNAL": "USR1@4"}),  # mid-epoch 2
+    interrupted = {  # name: (extra overrides, environment, the signal sent when batch B of epoch E is read)
+        "killed": ([], cli_env(), "KILL@2.2"),  # at batch 2 of epoch 2: last.pt is epoch 1's
+        "term": ([], cli_env(), "TERM@1.2"),  # mid-epoch 1: saves after batch 2
+        "usr1": (["trainer.requeue=true"], slurm, "USR1@2.1"),  # mid-epoch 2: saves after batch 1
     }
     first = finish(
         {
             "alone": start(*exact, "hydra.run.dir=alone", cwd=tmp_path),
             "again": start(*exact, "hydra.run.dir=again", cwd=tmp_path),
             **{
-                n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
-                for n, (x, e) in interrupted.items()
+                n: start_signalled(when, *exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
+                for n, (x, e, when) in interrupted.items()
             },
         }
     )
@@ -117,7 +131,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     # The same commands again continue the runs (resume=true is the default); resume=PATH starts a new folder.
     again = finish(
         {
-            **{n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=slurm) for n, (x, _) in interrupted.items()},
+            **{n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=slurm) for n, (x, *_) in interrupted.items()},
             "elsewhere": start(*exact, "trainer.epochs=3", f"resume={tmp_path / 'alone'}", "hydra.run.dir=third",
                                cwd=tmp_path),
         }

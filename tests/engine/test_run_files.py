@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 from timm.models import load_checkpoint
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 
 from metaformer import create_model, load_pretrained
 from metaformer.engine import checkpoint
@@ -23,7 +26,9 @@ from metaformer.engine.checkpoint import (
     set_rng_state,
 )
 from metaformer.engine.loggers import MetricsCSV, wandb_mode
+from metaformer.engine.loop import EpochStats, Stepper
 from metaformer.engine.results import RESULT_KEYS, read_results, write_results
+from metaformer.engine.state import TrainState
 
 
 def test_results_json_has_every_contract_key_first_and_stays_strict_json(tmp_path):
@@ -175,3 +180,52 @@ def test_random_generator_states_survive_a_weights_only_checkpoint(tmp_path):
         and np.array_equal(drawn[1], expected[1])
         and drawn[2] == expected[2]
     )
+
+
+def _state(opt: str = "adamw", weight_decay: float = 0.0) -> TrainState:
+    """A TrainState of a tiny model with EMA, an optimizer and a cosine schedule."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = create_optimizer_v2(model, opt=opt, lr=0.1, weight_decay=weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=2, updates_per_epoch=2)
+    step = Stepper(model, model, optimizer, torch.nn.functional.cross_entropy, torch.device("cpu"),
+                   scheduler=scheduler, ema=ModelEmaV3(model, decay=0.9))  # fmt: skip
+    return TrainState(step, "tiny", {"optim": {"opt": opt}, "sched": {"sched": "cosine"}})
+
+
+def test_the_train_state_is_what_last_pt_holds_and_reads_back(tmp_path):
+    saved = _state()
+    loss = saved.step.model(torch.randn(8, 4)).sum()
+    loss.backward()
+    saved.step.optimizer.step()
+    saved.step.num_updates = 1
+    saved.step.scheduler.step_update(num_updates=1)
+    saved.step.ema.update(saved.step.module, step=1)
+    saved.mark_cut(EpochStats(math.nan, 8, 0.5, stopped_after=1), loss_sum=2.5, images=8)
+    saved.best, saved.rng = {"best_top1": 50.0, "best_top5": 90.0, "best_epoch": 1}, [rng_state()]
+    save_checkpoint(tmp_path / "last.pt", saved.state_dict())
+    save_checkpoint(tmp_path / "best.pt", saved.weights())
+
+    resumed = _state()
+    resumed.load_state_dict(checkpoint.load_checkpoint(tmp_path / "last.pt"), tmp_path / "last.pt")
+    again = resumed.state_dict()
+    for key in ("state_dict", "state_dict_ema"):
+        assert same_tensors(again[key], saved.state_dict()[key]), key
+    exp_avg = saved.step.optimizer.state[saved.step.module.weight]["exp_avg"]
+    assert again["optimizer"]["state"][0]["exp_avg"].equal(exp_avg) and exp_avg.abs().sum() > 0
+    assert again["scheduler"] == saved.step.scheduler.state_dict() and resumed.step.num_updates == 1
+    assert (resumed.epoch, resumed.batch, resumed.best["best_top1"]) == (0, 1, 50.0)
+    cut = resumed.cut_epoch(rank=0, is_main=True)
+    assert (cut.stopped_after, cut.images, cut.loss_sum) == (1, 8, 2.5)
+    assert resumed.wall_s >= 0 and resumed.rng[0]["python"] == saved.rng[0]["python"]
+
+    with pytest.raises(CheckpointError, match=r"best.pt holds weights only"):
+        _state().load_state_dict(checkpoint.load_checkpoint(tmp_path / "best.pt"), tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match=r"does not fit optim.opt=sgd") as e:  # other parameter groups
+        _state("sgd", weight_decay=0.05).load_state_dict(
+            checkpoint.load_checkpoint(tmp_path / "last.pt"), tmp_path / "last.pt"
+        )
+    assert e.value.exit_code == 2
+
+
+def same_tensors(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,7 +3,11 @@ weights-only last.pt, an exception in the middle of training recorded as `failed
 propagates, and submitit's preemption signal saving a checkpoint before submitit's own handler requeues the job."""
 
 import dataclasses
+import functools
+import os
 import signal
+import stat
+import subprocess
 
 import pytest
 import torch
@@ -12,9 +16,10 @@ from omegaconf import OmegaConf
 from metaformer.engine import read_results, train
 from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, DataSource, register_dataset
+from metaformer.engine.parts import run_settings
 from metaformer.engine.preemption import slurm_job_id
-from metaformer.engine.trainer import run_settings
 from metaformer.fast import Settings, fast_settings, resolve_precision
+from tests.signals import register_signalling
 
 QUICK = [
     "data=synthetic",
@@ -99,29 +104,66 @@ def test_an_exception_mid_run_is_recorded_as_failed_and_raised(tmp_path, flaky_d
     assert res["best_top1"] is not None and (tmp_path / "last.pt").is_file()
 
 
-def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit(
-    tmp_path, monkeypatch, compose_cfg
+class SignallingSynthetic:
+    """`send(signum, epoch, batch)`: the synthetic data set sends this process a real signal when batch `batch`
+    of epoch `epoch` is read (tests/signals.py); `restore()`: the plain data set again."""
+
+    def __init__(self) -> None:
+        self.original = DATASETS.get("synthetic")
+        self.send = functools.partial(register_signalling, "synthetic")
+
+    def restore(self) -> None:
+        register_dataset("synthetic", self.original, override=True)
+
+
+@pytest.fixture
+def signalling_synthetic():
+    """A SignallingSynthetic, restored after the test."""
+    data = SignallingSynthetic()
+    yield data
+    data.restore()
+
+
+def fake_scontrol(folder, monkeypatch):
+    """An `scontrol` first on PATH that records its arguments in folder/calls, one call a line."""
+    folder.mkdir()
+    script = folder / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {folder / "calls"}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder / "calls"
+
+
+def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit_which_alone_requeues(
+    tmp_path, monkeypatch, compose_cfg, signalling_synthetic
 ):
+    calls = fake_scontrol(tmp_path / "bin", monkeypatch)
     seen = []
 
-    def submitit_handler(signum, frame):  # what submitit's does: dump the job for a requeue, requeue, exit
-        ckpt = load_checkpoint(tmp_path / "last.pt")
-        seen.append((signum, read_results(tmp_path)["status"], ckpt["epoch"], ckpt["batch"]))
+    def submitit_handler(signum, frame):  # what submitit's does: requeue the job itself, then exit
+        ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+        seen.append((signum, read_results(tmp_path / "run")["status"], ckpt["epoch"], ckpt["batch"]))
+        subprocess.run(["scontrol", "requeue", "35_0"], check=True)  # fails in SLURM if already requeued
         raise SystemExit(-1)
 
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    monkeypatch.setenv("METAFORMER_TEST_SIGNAL", "USR2@6")  # after batch 2 of epoch 2
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "35")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    signalling_synthetic.send(signal.SIGUSR2, 2, 2)  # stops after batch 2 of epoch 2
+    overrides = [*QUICK, "trainer.epochs=2", "trainer.requeue=true", f"output_dir={tmp_path / 'run'}"]
     try:
         with pytest.raises(SystemExit) as e:
-            train(compose_cfg(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+            train(compose_cfg(*overrides))
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # ours is gone again
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert e.value.code == -1 and seen == [(signal.SIGUSR2, "preempted", 1, 2)]
+    assert calls.read_text().splitlines() == ["requeue 35_0"]  # submitit's requeue only, not ours as well
+    assert "requeued" not in read_results(tmp_path / "run")
 
-    monkeypatch.delenv("METAFORMER_TEST_SIGNAL")  # the requeued job: the same config again
-    record = train(compose_cfg(*QUICK, "trainer.epochs=2", f"output_dir={tmp_path}"))
+    signalling_synthetic.restore()
+    record = train(compose_cfg(*overrides))  # the requeued job: the same config again
     assert record["status"] == "completed" and record["epochs"] == 2
 
 
@@ -153,12 +195,12 @@ def test_fast_switch_resolves_for_the_hardware_and_explicit_keys_win():
 
 
 def test_precision_auto_follows_the_hardware_and_emulated_bf16_is_warned_about(monkeypatch, caplog):
-    import metaformer.engine.trainer as trainer
+    import metaformer.engine.parts as parts
 
     cpu = torch.device("cpu")
     assert run_settings(_trainer_cfg(precision="auto"), cpu).precision == resolve_precision("auto", cpu)
-    monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
-    with caplog.at_level("WARNING", logger="metaformer.engine.trainer"):
+    monkeypatch.setattr(parts, "bf16_supported", lambda device: False)
+    with caplog.at_level("WARNING", logger="metaformer.engine.parts"):
         assert run_settings(_trainer_cfg(precision="bf16"), cpu).precision == "bf16"
     assert "without native bf16" in caplog.text and "trainer.precision=auto" in caplog.text
 
