@@ -30,7 +30,14 @@ from metaformer.engine.loggers import MetricsCSV, WandbLogger
 from metaformer.engine.loop import Stepper
 from metaformer.engine.results import git_state, run_identity
 from metaformer.engine.schema import OPTIM_OWN_KEYS
-from metaformer.fast import Settings, bf16_supported, fast_settings, resolve_precision, with_overrides
+from metaformer.fast import (
+    Settings,
+    bf16_supported,
+    compile_model,
+    fast_settings,
+    resolve_precision,
+    with_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,7 @@ def build_parts(cfg: DictConfig, spec: RunSpec, dist: D.DistInfo) -> Parts:
         ddp_ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = ddp = nn.parallel.DistributedDataParallel(module, device_ids=ddp_ids)
     if settings.compile:
-        model = torch.compile(model)
+        model = compile_model(model)  # with the persistent compile cache
     mixup, loss_fn = _loss_fns(cfg.get("aug"), data.num_classes)
     step = Stepper(
         model=model, module=module, optimizer=optimizer, loss_fn=loss_fn, device=dist.device,
