@@ -12,7 +12,7 @@ def on_meta(name: str, **overrides) -> torch.nn.Module:
         return create_model(name, **overrides)
 
 
-# PAPER.md, Table 1: params (M), MACs (G) at 224.
+# The paper's Table 1 (docs/paper.md): params (M), MACs (G) at 224.
 PAPER = {
     "poolformer_s12": (11.9, 1.8),
     "poolformer_s24": (21.4, 3.4),
@@ -47,7 +47,7 @@ def test_preset_hyperparameters(name, depths, ls, dpr):
     assert (cfg["mixer"], cfg["norm"], cfg["act"]) == ("pool", "gn", "gelu")
 
 
-# PAPER.md, Table 5 (S12 at 224): rows whose cost differs from the baseline, as the paper prints them
+# The paper's Table 5 (docs/paper.md; S12 at 224): rows whose cost differs from the baseline, as the paper prints them
 # (one decimal); the hybrids also within 2%.
 TABLE5 = [
     ({"mixer": "random"}, 11.9, 3.3),
