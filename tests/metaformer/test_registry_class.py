@@ -71,3 +71,12 @@ def test_mixers_and_metaformer_import_in_any_order():
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_every_public_name_of_metaformer_resolves():
+    import metaformer
+
+    assert all(getattr(metaformer, name) is not None for name in metaformer.__all__)
+    assert callable(metaformer.profile) and not isinstance(metaformer.profile, type(metaformer))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        metaformer.nope  # noqa: B018
