@@ -8,7 +8,7 @@ from typing import Any
 from timm.models.metaformer import SquaredReLU, StarReLU
 from torch import nn
 
-from mixers.registry import Registry
+from metaformer.registry import Registry
 
 ACTS = Registry("act")
 

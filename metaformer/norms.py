@@ -13,7 +13,7 @@ from timm.layers import LayerNorm2d
 from timm.models.metaformer import GroupNorm1NoBias, LayerNorm2dNoBias
 from torch import nn
 
-from mixers.registry import Registry
+from metaformer.registry import Registry
 
 NORMS = Registry("norm")
 

@@ -36,6 +36,15 @@ QUICK = [
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> None:
+    """Run each in-process test on one torch thread: the models here are tiny, and on a CPU shared with other
+    jobs two OpenMP threads that wait on each other make a 20 ms forward and backward take seconds."""
+    torch = sys.modules.get("torch")  # never imported here: the analysis tests run without torch
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def fashion_mnist_present() -> Path:
     """Debian's Fashion-MNIST (`make data` installs it); the test is skipped where it is absent."""

@@ -151,11 +151,12 @@ def test_python_dash_m_analysis(multirun):
     )
     assert done.returncode == 0, done.stderr
     assert "| baseline " in done.stdout
-    missing = subprocess.run(
-        [sys.executable, "-m", "analysis", "no/such/dir"], capture_output=True, text=True, env=env, cwd=ROOT
-    )
-    assert missing.returncode == 2
-    assert missing.stderr.strip() == (
+
+
+def test_missing_path_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["no/such/dir"]) == 2
+    assert capsys.readouterr().err.strip() == (
         "error: no/such/dir: no such file or folder; give a run folder, a multirun folder or a runs CSV"
     )
 

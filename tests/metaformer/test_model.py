@@ -13,13 +13,11 @@ from mixers import MIXERS, list_mixers
 TINY = dict(dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), img_size=32, num_classes=5, drop_path_rate=0.0)
 
 
-@pytest.mark.parametrize("position", range(4))
 @pytest.mark.parametrize("norm", sorted(list_norms()))
 @pytest.mark.parametrize("name", sorted(list_mixers()))
-def test_every_mixer_with_every_norm_in_every_stage(name, norm, position):
+def test_every_mixer_with_every_norm_in_every_stage(name, norm):
     torch.manual_seed(0)
-    mixer = ["pool"] * 4
-    mixer[position] = name
+    mixer = [name] * 4  # every stage, with its own width and feature-map size, in one model
     model = create_model("poolformer_s12", mixer=mixer, norm=norm, in_chans=3, **TINY)
     assert model.stage_mixers == mixer
     x = torch.randn(2, 3, 32, 32)
@@ -133,11 +131,13 @@ def test_pos_embed_bound_to_its_stage():
 
 
 def test_stage_features_for_dense_prediction():
-    model = create_model("poolformer_s12", num_classes=0)
-    feats = model.forward_stages(torch.randn(1, 3, 224, 224))
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        model = create_model("poolformer_s12", num_classes=0)
+        x = torch.empty(1, 3, 224, 224)
+    feats = model.forward_stages(x)
     assert [tuple(f.shape[1:]) for f in feats] == [(64, 56, 56), (128, 28, 28), (320, 14, 14), (512, 7, 7)]
-    assert model.forward_features(torch.randn(1, 3, 224, 224)).shape == (1, 512, 7, 7)
-    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 512)  # num_classes=0: pooled features
+    assert model.forward_features(x).shape == (1, 512, 7, 7)
+    assert model(x).shape == (1, 512)  # num_classes=0: pooled features
 
 
 def test_resolution_bound_model_rejects_other_input_size():

@@ -1,10 +1,18 @@
 """Presets against the paper's Table 1 and Table 5: parameters, MACs, layer scale, drop path."""
 
 import pytest
+import torch
 
 from metaformer import create_model, preset_config, profile
 
-# PAPER.md, Table 1: params (M), MACs (G) at 224.
+
+def on_meta(name: str, **overrides) -> torch.nn.Module:
+    """Build a model on the meta device: shapes only, no memory, and counting its MACs costs milliseconds."""
+    with torch.device("meta"):
+        return create_model(name, **overrides)
+
+
+# The paper's Table 1 (docs/paper.md): params (M), MACs (G) at 224.
 PAPER = {
     "poolformer_s12": (11.9, 1.8),
     "poolformer_s24": (21.4, 3.4),
@@ -17,7 +25,7 @@ PAPER = {
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_params_and_macs_match_the_paper_within_1_percent(name):
     params_m, gmacs = PAPER[name]
-    stats = profile(create_model(name))
+    stats = profile(on_meta(name))
     assert stats["params_m"] == pytest.approx(params_m, rel=0.01)
     assert stats["gmacs"] == pytest.approx(gmacs, rel=0.01)
 
@@ -39,7 +47,7 @@ def test_preset_hyperparameters(name, depths, ls, dpr):
     assert (cfg["mixer"], cfg["norm"], cfg["act"]) == ("pool", "gn", "gelu")
 
 
-# PAPER.md, Table 5 (S12 at 224): rows whose cost differs from the baseline, as the paper prints them
+# The paper's Table 5 (docs/paper.md; S12 at 224): rows whose cost differs from the baseline, as the paper prints them
 # (one decimal); the hybrids also within 2%.
 TABLE5 = [
     ({"mixer": "random"}, 11.9, 3.3),
@@ -55,14 +63,16 @@ TABLE5 = [
 def test_table5_costs(overrides, params_m, gmacs):
     if "pos_embed" in overrides:
         overrides = {**overrides, "pos_embed": [bool(p) for p in overrides["pos_embed"]]}
-    stats = profile(create_model("poolformer_s12", **overrides))
+    stats = profile(on_meta("poolformer_s12", **overrides))
     assert (round(stats["params_m"], 1), round(stats["gmacs"], 1)) == (params_m, gmacs)
     if isinstance(overrides.get("mixer"), list):
         assert stats["params_m"] == pytest.approx(params_m, rel=0.02)
         assert stats["gmacs"] == pytest.approx(gmacs, rel=0.02)
 
 
-def test_profile_at_another_size():
-    model = create_model("poolformer_s12")
-    small, large = profile(model)["gmacs"], profile(model, img_size=448)["gmacs"]
+def test_profile_at_another_size_and_on_a_real_device():
+    model = create_model("poolformer_cpu")  # pooling and convolutions only: MACs grow with the pixels
+    small, large = profile(model, img_size=32)["gmacs"], profile(model, img_size=64)["gmacs"]
     assert large == pytest.approx(4 * small, rel=0.01)
+    hybrid = {"mixer": ["pool", "attn", "mlp", "attn"]}  # the meta device counts what real weights count
+    assert profile(create_model("poolformer_cpu", **hybrid)) == profile(on_meta("poolformer_cpu", **hybrid))

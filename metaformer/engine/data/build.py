@@ -31,7 +31,7 @@ from metaformer.engine.data.datasets import (
     load_synthetic,
 )
 from metaformer.engine.data.loaders import FolderLoader, TensorLoader
-from mixers.registry import Registry
+from metaformer.registry import Registry
 
 log = logging.getLogger(__name__)
 
