@@ -1,6 +1,6 @@
 """Analysis of run folders: pandas DataFrames of runs, ablation tables (markdown, LaTeX, CSV) and PNG plots.
 
-The last stage of the flow in DESIGN.md: it reads what training wrote (`.hydra/`, `results.json`, `metrics.csv`)
+The last stage of the flow (docs/run-folder.md): it reads what training wrote (`.hydra/`, `results.json`, `metrics.csv`)
 and imports nothing from `metaformer`, `mixers` or torch, so it runs wherever pandas and matplotlib do.
 
     runs = collect_runs(["multirun/2026-11-25/10-00-00"])

@@ -2,7 +2,7 @@
 
 A run folder is any directory holding `.hydra/config.yaml` (Hydra writes one for every job, single run or
 multirun). Its `results.json` (written by the training code when a run ends, see the run-folder contract in
-DESIGN.md) gives the numbers; `.hydra/overrides.yaml` gives the command-line overrides, which name the
+docs/run-folder.md) gives the numbers; `.hydra/overrides.yaml` gives the command-line overrides, which name the
 configuration when the run has no ablation `label`. A folder without `results.json` is a run that crashed before
 writing it or is still running: it is kept with status "incomplete", so that tables list it instead of dropping
 it. A CSV file (a `runs.csv` written by `python -m analysis --out`, or a wandb export whose columns are

@@ -1,6 +1,6 @@
 """Mixers that multiply the token axis by an N x N matrix: the spatial FC and the frozen random matrix.
 
-Both are bound to the stage's token count N = H*W (PAPER.md: Table 5's "spatial FC" and "global random matrix").
+Both are bound to the stage's token count N = H*W (docs/paper.md: Table 5's "spatial FC" and "global random matrix").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The run folder's `results.json`: one flat record per run, the contract `analysis/` reads (see DESIGN.md).
+"""The run folder's `results.json`: one flat record per run, the contract `analysis/` reads (docs/run-folder.md).
 
 It is written when a run starts (`status: running`) and rewritten when it ends (completed, diverged, failed or
 preempted), always atomically (a temporary file renamed over the old one), so a reader never sees half a file.

@@ -13,7 +13,7 @@ from metaformer.engine.config import validate
 CONF = Path(__file__).resolve().parents[2] / "conf"
 ROWS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
 
-# PAPER.md, Table 5: label -> (params M, MACs G, top-1) for PoolFormer-S12 on ImageNet-1k.
+# docs/paper.md, Table 5: label -> (params M, MACs G, top-1) for PoolFormer-S12 on ImageNet-1k.
 TABLE5 = {
     "baseline": (11.9, 1.8, 77.2),
     "identity": (11.9, 1.8, 74.3),
