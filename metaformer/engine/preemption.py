@@ -33,14 +33,20 @@ class StopRequest:
         self.previous: dict[int, Any] = {}
 
     @staticmethod
-    def signals() -> list[int]:
+    def submitit_signal() -> int | None:
+        """submitit's preemption signal (its handler checkpoints and requeues on it) when submitit runs this job."""
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            return None
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+        return getattr(signal, f"SIG{name}", None)
+
+    @classmethod
+    def signals(cls) -> list[int]:
         """The signals caught: PREEMPT_SIGNALS, plus submitit's preemption signal when submitit runs this job."""
         caught = list(PREEMPT_SIGNALS)
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-            extra = getattr(signal, f"SIG{name}", None)
-            if extra is not None and extra not in caught:
-                caught.append(extra)
+        extra = cls.submitit_signal()
+        if extra is not None and extra not in caught:
+            caught.append(extra)
         return caught
 
     def __enter__(self) -> StopRequest:
@@ -70,6 +76,12 @@ class StopRequest:
         """The Python handler installed before ours for the received signal (submitit's), if any."""
         previous = self.previous.get(self.signum) if self.signum is not None else None
         return previous if callable(previous) else None
+
+    @property
+    def requeued_by_earlier_handler(self) -> bool:
+        """True when the earlier handler requeues the job itself: submitit's, for its preemption signal. (submitit
+        only logs and bypasses SIGTERM, e.g. when a site signals the batch script and SLURM ends the step.)"""
+        return self.earlier_handler is not None and self.signum == self.submitit_signal()
 
     def hand_on(self) -> None:
         """Call the handler that was installed before ours for the received signal (submitit's requeue)."""

@@ -291,10 +291,10 @@ class Trainer:
 
     def _after_preemption(self, record: dict[str, Any]) -> None:
         """Requeue the job if asked (SLURM) or hand the signal on (submitit requeues), then exit 128 + signal.
-        A signal that an earlier handler takes over is not requeued here too: that handler requeues the job."""
+        A signal whose earlier handler requeues the job (submitit's, for its own signal) is not requeued here too."""
         signum = self.stop.signum
         job = slurm_job_id()
-        handed_on = self.stop.earlier_handler is not None
+        handed_on = self.stop.requeued_by_earlier_handler
         if (
             self.cfg.trainer.get("requeue")
             and job

@@ -167,6 +167,28 @@ def test_under_submitit_its_signal_saves_a_checkpoint_then_goes_to_submitit_whic
     assert record["status"] == "completed" and record["epochs"] == 2
 
 
+def test_under_submitit_a_sigterm_that_submitit_only_bypasses_is_requeued_by_us(
+    tmp_path, monkeypatch, compose_cfg, signalling_synthetic
+):
+    # A site that signals the batch script: SLURM ends the step with SIGTERM, which submitit logs and bypasses.
+    calls = fake_scontrol(tmp_path / "bin", monkeypatch)
+    bypassed = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: bypassed.append(signum))
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "36")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    signalling_synthetic.send(signal.SIGTERM, 1, 2)
+    overrides = [*QUICK, "trainer.epochs=2", "trainer.requeue=true", f"output_dir={tmp_path / 'run'}"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            train(compose_cfg(*overrides))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert e.value.code == 128 + signal.SIGTERM and bypassed == [signal.SIGTERM]
+    assert calls.read_text().splitlines() == ["requeue 36"]
+    assert read_results(tmp_path / "run")["requeued"] is True
+
+
 def test_the_slurm_job_to_requeue(monkeypatch):
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
