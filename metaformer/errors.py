@@ -8,6 +8,7 @@ what would be right`, never a traceback, for a mistake or a missing file.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,6 +32,15 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(text.split())
 
 
+def composition_message(error: BaseException) -> str:
+    """Hydra's complaint about a config it could not compose, then OmegaConf's (which names the key), on one
+    line, without OmegaConf's type dumps and Hydra's HYDRA_FULL_ERROR hint."""
+    text = "\n".join(str(x) for x in (error, error.__cause__) if x is not None)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    skip = ("object_type=", "reference_type=", "Set the env")
+    return "; ".join(line for line in lines if not line.startswith(skip)) or type(error).__name__
+
+
 def exit_status(error: BaseException) -> int:
     """2 for bad input (a ConfigError's own code, a ValueError or KeyError), 1 for the environment (OSError...)."""
     if isinstance(error, ConfigError):
@@ -38,9 +48,11 @@ def exit_status(error: BaseException) -> int:
     return 1 if isinstance(error, OSError) else 2
 
 
-def report(message: str, prog: str | None = None) -> None:
-    """Print `prog: error: message` on stderr (one line), as argparse does; prog defaults to the command."""
-    print(f"{prog or Path(sys.argv[0]).name}: error: {one_line(message)}", file=sys.stderr, flush=True)
+def report(message: BaseException | str, prog: str | None = None) -> None:
+    """Print `prog: error: message` on stderr (one line), as argparse does; prog defaults to the command's file
+    name, and `prog=""` prints `error: message`."""
+    prog = Path(sys.argv[0]).name if prog is None else prog
+    print(f"{prog}: error: " if prog else "error: ", one_line(message), sep="", file=sys.stderr, flush=True)
 
 
 def fail(error: BaseException | str, exit_code: int | None = None, prog: str | None = None) -> NoReturn:
@@ -48,5 +60,20 @@ def fail(error: BaseException | str, exit_code: int | None = None, prog: str | N
     code = (
         exit_code if exit_code is not None else exit_status(error) if isinstance(error, BaseException) else 2
     )
-    report(one_line(error), prog)
+    report(error, prog)
     raise SystemExit(code)
+
+
+def run_main(main: Callable[[], int | None], prog: str) -> int:
+    """Run a command line's `main`; our errors (bad input: ValueError, KeyError; the environment: OSError) end in
+    one line and their exit status instead of a traceback, and so does a Hydra config that does not compose.
+    `sys.exit(run_main(main, "python -m pkg"))`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return main() or 0
+    except (ValueError, KeyError, OSError) as e:
+        fail(e, prog=prog)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(composition_message(e), 2, prog=prog)

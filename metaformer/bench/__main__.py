@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
+from metaformer.errors import run_main
 from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
@@ -208,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "python -m metaformer.bench"))

@@ -28,6 +28,7 @@ from metaformer.engine.config import validate
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
 from metaformer.engine.trainer import run_settings
+from metaformer.errors import run_main
 from metaformer.fast import autocast, prepare_input, prepare_model
 from metaformer.presets import create_model
 
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "python -m metaformer.bench.loop"))

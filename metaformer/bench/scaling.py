@@ -23,6 +23,7 @@ import torch
 
 from metaformer.bench.throughput import peak_memory_mib, synchronize, time_steps
 from metaformer.block import MetaFormerBlock
+from metaformer.errors import run_main
 from mixers import list_mixers
 
 
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "python -m metaformer.bench.scaling"))

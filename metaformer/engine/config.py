@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from metaformer.errors import ConfigError, fail, one_line, report
+from metaformer.errors import ConfigError, composition_message, fail, one_line, report
 from metaformer.fast import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "RunSpec", "check_argv", "fail", "report", "validate"]
@@ -290,12 +290,7 @@ def _compose(argv: list[str], conf_dir: Path) -> None:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose("config", overrides=argv)
     except Exception as e:  # hydra.errors.ConfigCompositionException, omegaconf's errors
-        text = "\n".join(str(x) for x in (e, e.__cause__) if x is not None)  # Hydra's words, then OmegaConf's
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        lines = [
-            line for line in lines if not line.startswith(("object_type=", "reference_type=", "Set the env"))
-        ]
-        raise ConfigError("; ".join(lines) or type(e).__name__) from e
+        raise ConfigError(composition_message(e)) from e
     check_schema(cfg)
 
 
