@@ -95,6 +95,7 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     for name, options in kwargs["mixer_options"].items():
         check_mixer_options(name, list(options))
     model = build_on_meta(cfg, kwargs)
+    _check_set(cfg)
     _check_trainer(cfg.trainer)
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
@@ -109,6 +110,22 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     if run_dir is not None:
         check_writable(run_dir)
     return RunSpec(mixers=list(model.stage_mixers), model_kwargs=kwargs)
+
+
+def _check_set(cfg: DictConfig) -> None:
+    """Raise ConfigError for a value left unset (`???`), but in `model` (unset: the preset's) and `data` (its data
+    set says what it needs, with a better message)."""
+    for group in ("trainer", "optim", "sched", "logger", "aug"):
+        node = cfg.get(group)
+        for key in node or ():
+            if OmegaConf.is_missing(node, key):
+                name = f"{group}.{key}"
+                hint = (
+                    " (a data set's recipe, conf/recipe/<data>.yaml, sets it)"
+                    if name == "trainer.epochs"
+                    else ""
+                )
+                raise ConfigError(f"{name} is not set{hint}; set {name}=VALUE")
 
 
 def mixer_options_of(name: str) -> list[str] | None:

@@ -94,6 +94,7 @@ CASES = {
         2,
         "unknown key optim.weight_decy; optim takes: opt, lr",
     ),
+    "an unset value": (["trainer.epochs=???"], 2, "trainer.epochs is not set (a data set's recipe"),
     "zero epochs": (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
     "negative epochs": (["trainer.epochs=-3"], 2, "trainer.epochs must be a positive integer, got -3"),
     "zero batch size": (["trainer.batch_size=0"], 2, "trainer.batch_size must be a positive integer, got 0"),
