@@ -283,21 +283,23 @@ def check_composes(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
     args = [a for a in argv if a not in ("-m", "--multirun")]
-    swept = [i for i, a in enumerate(args) if _sweep_values(a)]
-    fixed = [a for i, a in enumerate(args) if i not in swept]
+    if len(args) == len(argv):
+        _compose(args, conf_dir)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as e:  # Hydra's parser: a malformed override
+        raise ConfigError(composition_message(e)) from e
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     _compose(fixed, conf_dir)
-    for i in swept:  # each value of a swept key, with the fixed overrides
-        key = args[i].partition("=")[0]
-        for value in _sweep_values(args[i]):
-            _compose([*fixed, f"{key}={value}"], conf_dir)
-
-
-def _sweep_values(arg: str) -> list[str]:
-    """The values of a plain `key=a,b,c` sweep (no lists, functions or interpolations), else []."""
-    key, _, value = arg.partition("=")
-    if not key or "," not in value or any(c in value for c in "[]{}()$'\""):
-        return []
-    return [v.strip() for v in value.split(",")]
+    for o in parsed:  # each value of a plain `key=a,b,c` sweep, with the fixed overrides (not glob, range...)
+        if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+            prefix = o.input_line.partition(o.key_or_group)[0]  # +, ++ or ~
+            for value in o.sweep_string_iterator():
+                _compose([*fixed, f"{prefix}{o.key_or_group}={value}"], conf_dir)
 
 
 def _compose(argv: list[str], conf_dir: Path) -> None:

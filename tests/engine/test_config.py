@@ -130,6 +130,7 @@ def test_a_depths_override_changes_the_number_of_stages_a_mixer_list_needs(compo
         (["aug.hflip=x"], "could not be converted to Float; full_key: aug.hflip"),
         (["model.drop_path_rate=x"], "could not be converted to Float; full_key: model.drop_path_rate"),
         (["-m", "seed=0,x"], "could not be converted to Integer; full_key: seed"),  # each swept value
+        (["-m", "mixer=[pool,pool],[pool]", "trainer.epochs=1,x"], "full_key: trainer.epochs"),
     ],
 )
 def test_the_schema_refuses_unknown_keys_and_wrong_types_naming_the_key(overrides, expected):
@@ -143,6 +144,8 @@ def test_open_keys_are_accepted_where_the_code_reads_them(compose_cfg):
         ["+sched.decay_rate=0.5", "+model.residual=false", "model.residual=false", "-m", "seed=0,1"]
     )
     check_composes(normalize_argv(["mixer_options.pool.pool_size=5", "+mixer_options.attn.head_dim=16"]))
+    check_composes(["-m", "mixer=[pool,pool,pool,pool],[pool,pool,attn,attn]", "seed=0,1,2"])  # README sweeps
+    check_composes(["-m", "+experiment=mini", "+ablation=glob(*)", "seed=0,1"])
     cfg = compose_cfg(*normalize_argv(["mixer=[pool,pool,attn,attn]", "mixer_options.attn.head_dim=16"]))
     assert validate(cfg).model_kwargs["mixer_options"] == {"attn": {"head_dim": 16}}
 
