@@ -14,9 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from metaformer.engine import ConfigError, train
-from metaformer.engine.config import check_argv, fail, report
+from metaformer.engine import train
+from metaformer.engine.config import check_argv, normalize_argv
 from metaformer.engine.distributed import worker_overrides
+from metaformer.errors import ConfigError, fail, report
 
 
 @hydra.main(
@@ -37,7 +38,7 @@ def main(cfg: DictConfig) -> float | None:
 def cli(argv: list[str] | None = None) -> None:
     """`python run.py ARGS`: check the arguments Hydra would refuse in several lines, then run `main`.
     Tests call it in-process with a list of arguments."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = normalize_argv(sys.argv[1:] if argv is None else list(argv))
     saved = sys.argv
     sys.argv = [str(Path(__file__).resolve()), *argv, *worker_overrides()]  # Hydra reads sys.argv
     try:

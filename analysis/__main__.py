@@ -12,6 +12,7 @@ import sys
 from analysis.collect import AnalysisError, collect_runs
 from analysis.report import write_report
 from analysis.table import DEFAULT_BASELINES, FORMATS, ablation_table, render, render_excluded
+from metaformer.errors import report, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect_runs(args.paths)
         table = ablation_table(runs, baseline=args.baseline)
     except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(e, prog="")
         return 2
     print(render(table, args.format).rstrip())
     if excluded := render_excluded(runs, args.format):
@@ -67,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             written = write_report(runs, table, args.out)
         except OSError as e:
-            print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
+            report(f"cannot write to {args.out}: {e}", prog="")
             return 1
         print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "python -m analysis"))

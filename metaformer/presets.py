@@ -9,6 +9,7 @@ mean/std, crop), and built through timm's `build_model_with_cfg`, so `timm.creat
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,7 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_classes": 10,
     },
 }
-_COMMON = {"mixer": "pool", "norm": "gn", "act": "gelu", "mlp_ratios": 4.0}
+# What every preset shares: MetaFormer's own defaults (read from its signature, not copied).
+_COMMON = {
+    k: inspect.signature(MetaFormer).parameters[k].default for k in ("mixer", "norm", "act", "mlp_ratios")
+}
 TIMM_PREFIX = "ablation_"
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaformer.errors import one_line
+
 StateDict = Mapping[str, torch.Tensor]
 
 
@@ -69,8 +71,7 @@ def _unpickling_reason(error: Exception) -> str:
 
 
 def _first_sentence(error: Exception) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text.split(". ")[0].rstrip(".")
+    return one_line(str(error) or type(error).__name__).split(". ")[0].rstrip(".")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -62,10 +62,11 @@ def quick() -> list[str]:
 @pytest.fixture
 def compose_cfg() -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, as `python run.py OVERRIDES` would (without Hydra's runtime)."""
+    from metaformer.engine.config import normalize_argv
 
     def make(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+            return compose("config", overrides=normalize_argv(list(overrides)))
 
     return make
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from metaformer.bench import run_cli
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
+from metaformer.errors import run_main
 from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings, with_overrides
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
@@ -265,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "python -m metaformer.bench"))
+    sys.exit(run_main(main, "python -m metaformer.bench"))

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from metaformer.bench import run_cli
 from metaformer.engine.config import validate
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
 from metaformer.engine.trainer import run_settings
+from metaformer.errors import run_main
 from metaformer.fast import autocast, prepare_input, prepare_model
 from metaformer.presets import create_model
 
@@ -122,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "python -m metaformer.bench.loop"))
+    sys.exit(run_main(main, "python -m metaformer.bench.loop"))

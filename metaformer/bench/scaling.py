@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from metaformer.bench import run_cli
 from metaformer.bench.throughput import peak_memory_mib, synchronize, time_steps
 from metaformer.block import MetaFormerBlock
+from metaformer.errors import run_main
 from mixers import list_mixers
 
 
@@ -186,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "python -m metaformer.bench.scaling"))
+    sys.exit(run_main(main, "python -m metaformer.bench.scaling"))

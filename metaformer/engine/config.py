@@ -1,12 +1,13 @@
 """Checks on a composed run config, made before any data is loaded or any folder is written.
 
-`validate` looks at what a typo or a wrong guess produces (an unknown mixer/norm/act, a mixer list of the wrong
-length, an option a mixer does not take, a non-positive epoch count or batch size, a missing or truncated data
-file, a resume path that is not there) and raises `ConfigError` with one line saying what was wrong and what
-would be right. run.py prints that line and exits non-zero, instead of a traceback. Some checks must happen
-before Hydra itself acts, so they live here too: `check_argv` catches an unknown config-group option (model=,
-data=, ...), a mixer option the config does not have and a launcher plugin that is not installed, which Hydra
-would report in several lines; `PreflightCallback` makes sure the output folder can be written before Hydra
+The types and keys are the schema's (metaformer/engine/schema.py); `validate` checks the values by building what
+the config describes: the model with `create_model` on the `meta` device (no memory, no weights), so its rules
+(stage lists, registered names, mixer options) are the model's own, the data set's options through its registry
+(`check_data`), plus what only a run has (epochs, a precision, a resume path, a writable folder). Each problem is
+a `ConfigError` with one line saying what was wrong and what would be right; run.py prints it and exits non-zero
+(metaformer/errors.py). Some checks must happen before Hydra itself acts, so they live here too: `check_argv`
+catches an unknown config-group option (model=, data=, ...) and a launcher plugin that is not installed, which
+Hydra would report in several lines; `PreflightCallback` makes sure the output folder can be written before Hydra
 creates it.
 """
 
@@ -15,26 +16,23 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
-import re
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from metaformer.errors import ConfigError, composition_message, fail, one_line, report
 from metaformer.fast import PRECISION_CHOICES
 
-# Keys of the `model` node that are ours, not create_model keywords.
-MODEL_META_KEYS = ("name",)
-# create_model keywords that take one value or one per stage (`depths` sets the number of stages).
-PER_STAGE_MODEL_KEYS = (
-    "dims", "mlp_ratios", "layer_scale_init", "res_scale_init", "pos_embed", "residual", "channel_mlp",
-)  # fmt: skip
+__all__ = ["ConfigError", "RunSpec", "check_argv", "fail", "report", "validate"]
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Parameters a mixer receives from the model, not from mixer_options.
 MIXER_BUILT_IN = ("self", "dim", "resolution")
+# create_model keywords that the data set decides unless model.* says otherwise (as the trainer builds it).
+DATA_SIZED = ("num_classes", "in_chans", "img_size")
 
 # Launcher plugins a user may ask for, and the package that provides each.
 LAUNCHER_PLUGINS = {
@@ -44,64 +42,8 @@ LAUNCHER_PLUGINS = {
 }
 
 
-class ConfigError(ValueError):
-    """A run config that cannot train; the message is one line. `exit_code` 2: a bad value, 1: the environment."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def report(message: str) -> None:
-    """Print `prog: error: message` on stderr, as argparse does."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
-
-
-def fail(message: str, exit_code: int = 2) -> NoReturn:
-    """Report `message` and exit with `exit_code`."""
-    report(message)
-    raise SystemExit(exit_code)
-
-
 def _choices(names: list[str]) -> str:
     return ", ".join(names)
-
-
-def stage_mixers(mixer: Any, num_stages: int) -> list[str]:
-    """The per-stage list of mixer names: one name for every stage, or a list checked for its length."""
-    return stage_names("mixer", mixer, num_stages, "pool", "[pool,pool,attn,attn]")
-
-
-def stage_names(key: str, value: Any, num_stages: int, one: str, four: str) -> list[str]:
-    """The per-stage list of names for `key` (mixer, norm, act): one name for every stage, or a list of the
-    right length; `one` and `four` (for four stages) are examples for the error message."""
-    if isinstance(value, str):
-        return [value] * num_stages
-    if isinstance(value, (list, tuple, ListConfig)):
-        names = [str(m) for m in value]
-        example = f" ({key}={four})" if num_stages == 4 else ""
-        _check_length(key, names, num_stages, f"give one {key} for all stages ({key}={one}) or exactly "
-                      f"{num_stages}{example}")  # fmt: skip
-        return names
-    raise ConfigError(f"{key} must be a name or a list of {num_stages} names, got {value!r}")
-
-
-def _check_length(key: str, values: list, num_stages: int, hint: str) -> None:
-    if len(values) != num_stages:
-        raise ConfigError(
-            f"{key}={_fmt_list([str(v) for v in values])} has {len(values)} entries but the model has "
-            f"{num_stages} stages; {hint}"
-        )
-
-
-def _fmt_list(names: list[str]) -> str:
-    return "[" + ",".join(names) + "]"
-
-
-def _check_name(kind: str, name: Any, registered: list[str]) -> None:
-    # `pkg.module:Class` names code that need not be registered; the model factory imports it.
-    if not isinstance(name, str) or (name not in registered and ":" not in name):
-        raise ConfigError(f"unknown {kind} {name!r}; choose from: {_choices(registered)}")
 
 
 @dataclass(frozen=True)
@@ -112,66 +54,78 @@ class RunSpec:
     model_kwargs: dict[str, Any]
 
 
-def num_stages(cfg: DictConfig) -> int:
-    """The number of stages the configured model will have (4, or the length of a `model.depths` override)."""
-    depths = cfg.model.get("depths")
-    return len(depths) if depths is not None else 4
-
-
-def model_kwargs(cfg: DictConfig, mixers: list[str]) -> dict[str, Any]:
-    """Keywords for `create_model`: the top-level mixer/norm/act/mixer_options and every extra `model` key."""
-    extra = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(extra, dict)
-    for key in MODEL_META_KEYS:
-        extra.pop(key, None)
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Keywords for `create_model`: the top-level mixer/norm/act/mixer_options and every `model` key that is set
+    (an unset one, `???`, keeps the preset's value); a `model.depths` list also sets the number of stages."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model, dict)
+    extra = {k: v for k, v in model.items() if k != "name" and not OmegaConf.is_missing(cfg.model, k)}
     options = cfg.get("mixer_options")
     options = OmegaConf.to_container(options, resolve=True) if options is not None else {}
     assert isinstance(options, dict)
-    used = {name: dict(opts) for name, opts in options.items() if name in mixers and opts}
-    mixer = mixers[0] if len(set(mixers)) == 1 and isinstance(cfg.mixer, str) else list(mixers)
-    norm, act = (v if isinstance(v, str) else list(v) for v in (cfg.norm, cfg.act))
+    used = {name: dict(opts) for name, opts in options.items() if opts}
+    if isinstance(extra.get("depths"), list) and "num_stages" not in extra:
+        extra["num_stages"] = len(extra["depths"])  # model.depths=[1,1,1]: three stages
+    mixer, norm, act = (v if isinstance(v, str) else list(v) for v in (cfg.mixer, cfg.norm, cfg.act))
     return {"mixer": mixer, "norm": norm, "act": act, "mixer_options": used, **extra}
+
+
+def build_on_meta(cfg: DictConfig, kwargs: dict[str, Any]) -> Any:
+    """Build the configured model on the `meta` device (no memory), sized by the data set as the trainer sizes it;
+    raise ConfigError with the model's own one-line complaint."""
+    import torch
+
+    from metaformer import create_model
+
+    sized = {k: cfg.data.get(k) for k in DATA_SIZED if not OmegaConf.is_missing(cfg.data, k)}
+    sized = {k: v for k, v in sized.items() if isinstance(v, int) and not isinstance(v, bool)}
+    try:
+        with torch.device("meta"):
+            return create_model(cfg.model.name, **{**sized, **kwargs})  # model.* keys win
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(one_line(e)) from e
 
 
 def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     """Check `cfg` and return what it resolves to; raise `ConfigError` (one line) on the first problem."""
-    from metaformer import list_acts, list_models, list_norms
     from metaformer.engine.data import check_data
-    from mixers import list_mixers
 
-    _check_name("model", cfg.model.get("name"), list_models())
-    stages = num_stages(cfg)
-    mixers = stage_mixers(cfg.mixer, stages)
-    for name in mixers:
-        _check_name("mixer", name, list_mixers())
-    for name in stage_names("norm", cfg.norm, stages, "gn", "[gn,gn,ln,ln]"):
-        _check_name("norm", name, list_norms())
-    for name in stage_names("act", cfg.act, stages, "gelu", "[gelu,gelu,relu,relu]"):
-        _check_name("act", name, list_acts())
-    for key in PER_STAGE_MODEL_KEYS:
-        value = cfg.model.get(key)
-        if isinstance(value, ListConfig):
-            _check_length(
-                f"model.{key}", list(value), stages, f"give one value for all stages or exactly {stages}"
-            )
     check_schema(cfg)
+    kwargs = model_kwargs(cfg)
+    for name, options in kwargs["mixer_options"].items():
+        check_mixer_options(name, list(options))
+    model = build_on_meta(cfg, kwargs)
+    _check_set(cfg)
     _check_trainer(cfg.trainer)
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
     if cfg.logger.get("name") == "wandb" and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger=wandb needs wandb: pip install wandb", exit_code=1)
-    kwargs = model_kwargs(cfg, mixers)
-    for name, options in kwargs["mixer_options"].items():
-        check_mixer_options(name, list(options))
     try:
         check_data(cfg.data)
     except OSError as e:  # missing, truncated or corrupt files
-        raise ConfigError(_one_line(e), exit_code=1) from e
+        raise ConfigError(one_line(e), exit_code=1) from e
     except ValueError as e:
-        raise ConfigError(_one_line(e)) from e
+        raise ConfigError(one_line(e)) from e
     if run_dir is not None:
         check_writable(run_dir)
-    return RunSpec(mixers=mixers, model_kwargs=kwargs)
+    return RunSpec(mixers=list(model.stage_mixers), model_kwargs=kwargs)
+
+
+def _check_set(cfg: DictConfig) -> None:
+    """Raise ConfigError for a value left unset (`???`), but in `model` (unset: the preset's) and `data` (its data
+    set says what it needs, with a better message)."""
+    for group in ("trainer", "optim", "sched", "logger", "aug"):
+        node = cfg.get(group)
+        for key in node or ():
+            if OmegaConf.is_missing(node, key):
+                name = f"{group}.{key}"
+                hint = (
+                    " (a data set's recipe, conf/recipe/<data>.yaml, sets it)"
+                    if name == "trainer.epochs"
+                    else ""
+                )
+                raise ConfigError(f"{name} is not set{hint}; set {name}=VALUE")
 
 
 def mixer_options_of(name: str) -> list[str] | None:
@@ -206,11 +160,6 @@ def check_mixer_options(name: str, options: list[str]) -> None:
             raise ConfigError(
                 f"mixer '{name}' has no option '{option}' (mixer_options.{name}.{option}); {takes}"
             )
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    return " ".join(text.split())
 
 
 def _check_trainer(t: DictConfig) -> None:
@@ -317,8 +266,8 @@ def check_launcher(argv: list[str]) -> None:
 
 def check_argv(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """Exit with one line when argv names something Hydra would refuse in several: a launcher plugin that is not
-    installed, an option of a config group (model=, data=, ...) that has no file in conf/, or an option under
-    mixer_options that the config does not have."""
+    installed, an option of a config group (model=, data=, ...) that has no file in conf/, a value of the wrong
+    type or a key the schema does not have (in a `-m` sweep, each swept value)."""
     check_launcher(argv)
     try:
         check_overrides(argv, conf_dir)
@@ -331,44 +280,85 @@ def check_composes(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """Compose the config as run.py will, and raise ConfigError with Hydra's/OmegaConf's complaint in one line
     (a value of the wrong type, a key that is not there: both name the key). Sweeps and Hydra's own flags
     (-m, --cfg, ...) are left to Hydra."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return
+    args = [a for a in argv if a not in ("-m", "--multirun")]
+    if len(args) == len(argv):
+        _compose(args, conf_dir)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as e:  # Hydra's parser: a malformed override
+        raise ConfigError(composition_message(e)) from e
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    _compose(fixed, conf_dir)
+    for o in parsed:  # each value of a plain `key=a,b,c` sweep, with the fixed overrides (not glob, range...)
+        if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+            prefix = o.input_line.partition(o.key_or_group)[0]  # +, ++ or ~
+            for value in o.sweep_string_iterator():
+                _compose([*fixed, f"{prefix}{o.key_or_group}={value}"], conf_dir)
+
+
+def _compose(argv: list[str], conf_dir: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    if any(a.startswith("-") for a in argv):
-        return
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose("config", overrides=argv)
     except Exception as e:  # hydra.errors.ConfigCompositionException, omegaconf's errors
-        text = "\n".join(str(x) for x in (e, e.__cause__) if x is not None)  # Hydra's words, then OmegaConf's
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        lines = [
-            line for line in lines if not line.startswith(("object_type=", "reference_type=", "Set the env"))
-        ]
-        raise ConfigError("; ".join(lines) or type(e).__name__) from e
+        raise ConfigError(composition_message(e)) from e
     check_schema(cfg)
 
 
+def known_keys(group: str) -> list[str] | None:
+    """The keys node `group` may have (None: open by design, see metaformer/engine/schema.py): its dataclass's
+    fields, and for `sched` every create_scheduler_v2 keyword; `""` is the top level."""
+    from metaformer.engine.schema import SCHEMAS, RunConfig, SchedConfig
+
+    if group == "":
+        return [f.name for f in fields(RunConfig)]
+    if group == "data":
+        return None  # a data set reads its own keys, and checks them (check_data)
+    known = [f.name for f in fields(SCHEMAS[group])]
+    if SCHEMAS[group] is SchedConfig:
+        from timm.scheduler import create_scheduler_v2
+
+        given = ("optimizer", "num_epochs", "updates_per_epoch")
+        known += [k for k in inspect.signature(create_scheduler_v2).parameters if k not in (*known, *given)]
+    return known
+
+
 def check_schema(cfg: DictConfig) -> None:
-    """Raise ConfigError for a key that a typed group (metaformer/engine/schema.py) does not have: `+key=value`
-    can add one to any node, and the code would never read it."""
+    """Raise ConfigError for a key that the schema (metaformer/engine/schema.py) does not have: `+key=value` can
+    add one to any node, and the code would never read it."""
     from metaformer.engine.schema import SCHEMAS
 
-    for group, schema in SCHEMAS.items():
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig):
+    for group in ("", *SCHEMAS):
+        node = cfg.get(group) if group else cfg
+        known = known_keys(group)
+        if not isinstance(node, DictConfig) or known is None:
             continue
-        known = [f.name for f in fields(schema)]
         for key in node:
-            if key not in known:
-                raise ConfigError(f"unknown key {group}.{key}; {group} takes: {_choices(known)}")
+            if key not in known and not (group == "" and key == "hydra"):
+                where = f"{group}.{key}" if group else key
+                takes = f"{group} takes" if group else "the top level takes"
+                raise ConfigError(f"unknown key {where}; {takes}: {_choices(known)}")
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`mixer_options.NAME.OPTION=VALUE` as `++...`: the options are the mixers' (their signatures hold the
+    defaults), so the config starts with none and setting one adds it."""
+    return [f"++{a}" if a.startswith("mixer_options.") and "=" in a else a for a in argv]
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Raise ConfigError for a `group=option` or `mixer_options.M.OPT=...` override Hydra cannot apply."""
+    """Raise ConfigError for a `group=option` override that names no file in conf/."""
     if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp")) for a in argv):
         return  # configs from elsewhere: let Hydra judge
     groups = {d.name for d in conf_dir.iterdir() if d.is_dir()}
-    defaults = OmegaConf.load(conf_dir / "config.yaml").get("mixer_options") or {}
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -379,22 +369,5 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         if plain in groups:
             for option in (v.strip().strip("'\"") for v in value.split(",")):
                 if option and option != "null" and not (conf_dir / plain / f"{option}.yaml").is_file():
-                    names = sorted(p.stem for p in (conf_dir / plain).glob("*.yaml"))
+                    names = sorted(p.stem for p in (conf_dir / plain).glob("*.yaml") if p.stem != "schema")
                     raise ConfigError(f"unknown {plain} '{option}'; choose from: {_choices(names)}")
-        match = re.fullmatch(r"mixer_options\.([^.]+)\.([^.]+)", key)  # no '+': Hydra needs the key to exist
-        if match and match.group(2) not in (defaults.get(match.group(1)) or {}):
-            _missing_mixer_option(match.group(1), match.group(2), value)
-
-
-def _missing_mixer_option(name: str, option: str, value: str) -> None:
-    from mixers import list_mixers
-
-    if name not in list_mixers():
-        raise ConfigError(
-            f"unknown mixer '{name}' in mixer_options.{name}.{option}; registered: {_choices(list_mixers())} "
-            f"(a mixer of your own takes +mixer_options.{name}.{option}={value})"
-        )
-    check_mixer_options(name, [option])
-    raise ConfigError(
-        f"mixer_options.{name}.{option} is not in the config; add it with +mixer_options.{name}.{option}={value}"
-    )

@@ -1,17 +1,28 @@
 """The typed schema of the run config: one dataclass per config group, registered in Hydra's ConfigStore.
 
-The YAML files of a group are presets over its dataclass (`defaults: [schema, _self_]`), so the defaults live
-here, once, and OmegaConf refuses a value of the wrong type (`optim.lr=abc`) or a key the code does not read
-(`+trainer.bogus=1`, `+optim.weight_decy=0.1`) with the key's name, before any training code runs. Checks of
-values (a positive epoch count, a known precision) are made by `metaformer.engine.config.validate`.
+The YAML files of a group are presets over its dataclass (`defaults: [schema, _self_]`), and conf/config.yaml
+over `RunConfig`, so the defaults live here (or in the code they belong to), once, and OmegaConf refuses a value
+of the wrong type (`optim.lr=abc`, `seed=x`) with the key's name, before any training code runs. `+key=value`
+can add a key to any node, so `metaformer.engine.config.check_schema` refuses a key the code would not read
+(`+trainer.bogus=1`, `+optim.weight_decy=0.1`). Values are checked by building what the config describes
+(`metaformer.engine.config.validate`).
+
+Open by design: `model` takes exactly the keywords of `create_model` (MetaFormer's signature, read here, not
+copied), `mixer_options.NAME` whatever mixer NAME takes (its signature), `sched` any `create_scheduler_v2`
+keyword, and `data` the keys of its data set (a data set of your own reads its own keys).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import typing
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from metaformer.model import MetaFormer
 
 
 @dataclass
@@ -19,7 +30,7 @@ class TrainerConfig:
     """How to train. batch_size is per process (timm's convention); the lr scales with the global batch
     (batch_size x processes x accumulation). Data sets' recipes (conf/recipe/<data>.yaml) override these."""
 
-    epochs: int = 10
+    epochs: int = MISSING  # set by the data set's recipe (conf/recipe/<data>.yaml)
     batch_size: int = 128
     eval_batch_size: int | None = None  # null: 2 x batch_size
     accumulation: int = 1  # gradient accumulation steps per optimizer step
@@ -86,15 +97,159 @@ class LoggerConfig:
     dir: str | None = None  # null: WANDB_DIR, else the run folder
 
 
+# The keywords of create_model that are the top-level keys mixer/norm/act/mixer_options, not model.* keys.
+MODEL_TOP_LEVEL = ("mixer", "mixer_options", "norm", "act")
+
+
+def _model_schema() -> type:
+    """`ModelConfig`: `name` (a preset, `metaformer.list_models()`) and every other keyword of MetaFormer, read
+    from its signature. Unset keys (`???`) keep the preset's value (metaformer/presets.py); a plain int, float,
+    bool or str keyword is typed, a per-stage one (a value or a list) is not. `+model.residual=false` and
+    `model.residual=false` both set one."""
+    hints = typing.get_type_hints(MetaFormer.__init__)
+    plain = (int, float, bool, str)
+    fields = [("name", str, MISSING)]
+    for key in inspect.signature(MetaFormer.__init__).parameters:
+        if key != "self" and key not in MODEL_TOP_LEVEL:
+            kind = hints.get(key, Any)
+            fields.append((key, kind if kind in plain else Any, field(default=MISSING)))
+    cls = make_dataclass("ModelConfig", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = _model_schema.__doc__
+    return cls
+
+
+ModelConfig = _model_schema()
+
+
+@dataclass
+class DataConfig:
+    """A data set by registered name (`metaformer.engine.data.DATASETS`) and what sizes the model. The data set's
+    own keys (imagenet's splits and crop, synthetic's sizes, yours) are added by its YAML file (open by design),
+    and the data set checks them (`check_data`) before anything is loaded."""
+
+    name: str = MISSING
+    root: str | None = MISSING  # null: the data set's default place
+    download: bool = False
+    num_classes: int | None = MISSING  # null (imagenet): taken from the class folders
+    in_chans: int = MISSING
+    img_size: int = MISSING
+    mean: Any = MISSING  # one value per channel, or one for all
+    std: Any = MISSING
+    num_workers: int | None = 0  # DataLoader workers per rank; null: the cores this process may use
+
+
+@dataclass
+class ImageFolderDataConfig(DataConfig):
+    """An image-folder data set (imagenet): root/<train_split>/<class>/*, read by DataLoader workers."""
+
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_pct: float = 0.9  # eval: resize to img_size / crop_pct, center crop img_size
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    """Random images generated in memory, fixed by their own seed (not the training seed)."""
+
+    num_train: int = 512
+    num_val: int = 128
+    seed: int = 0
+
+
+@dataclass
+class AugConfig:
+    """Augmentation; every key off by default. The data loaders read the first five (in-memory data sets get
+    crop + flip + erasing per batch, image folders timm's transforms), the training loop the rest."""
+
+    random_crop_padding: int = 0  # pixels of zero padding before a random crop; in-memory data sets only
+    hflip: float = 0.0  # probability
+    randaugment: str | None = None  # timm auto_augment string; image-folder data sets only
+    reprob: float = 0.0  # random erasing probability ('pixel' mode)
+    color_jitter: float = 0.0  # image-folder data sets only
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class SchedConfig:
+    """A learning-rate schedule by timm's name, built by create_scheduler_v2 and updated every optimizer step.
+    Every key is passed to create_scheduler_v2 (`+sched.decay_rate=0.5` adds any other of its keywords)."""
+
+    sched: str = "cosine"
+    warmup_epochs: float = 5  # linear warmup from warmup_lr; a fraction of an epoch is fine
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    step_on_epochs: bool = False
+
+
+@dataclass
+class AblationConfig:
+    """What an ablation row (conf/ablation/*.yaml) says about itself, for the results table."""
+
+    name: str = MISSING
+    group: str = MISSING
+    label: str = MISSING
+    paper_top1: float | None = None  # the paper's ImageNet top-1 for this row; null: not run there
+
+
+_DEFAULTS = inspect.signature(MetaFormer.__init__).parameters  # the model's own defaults, not copies
+
+
+@dataclass
+class RunConfig:
+    """The top level of conf/config.yaml; the groups (model, data, ...) are typed by their own schemas."""
+
+    # one token mixer for every stage, or one per stage ([pool,pool,attn,attn]); `mixers.list_mixers()`
+    mixer: Any = _DEFAULTS["mixer"].default  # pool
+    norm: Any = _DEFAULTS[
+        "norm"
+    ].default  # one or one per stage; `metaformer.list_norms()` (gn: GroupNorm(1, C))
+    act: Any = _DEFAULTS["act"].default  # the channel MLP's activation (gelu), one or one per stage
+    # Options per mixer name, for every stage that has that mixer: mixer_options.pool.pool_size=5. Open by design:
+    # a mixer takes the keywords of its signature, which also holds their defaults.
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    # true: continue from last.pt in this run's folder when it has one; false: start over; or the path of a run
+    # folder / checkpoint to start from.
+    resume: Any = True
+    output_dir: str | None = None  # the run folder (Hydra's output folder)
+    ablation: AblationConfig | None = None  # set by +ablation=NAME
+    model: Any = MISSING
+    data: Any = MISSING
+    optim: Any = MISSING
+    sched: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    aug: Any = None
+
+
 # The typed groups: each config group's node and the dataclass that says which keys it has.
-SCHEMAS = {"trainer": TrainerConfig, "optim": OptimConfig, "logger": LoggerConfig}
+SCHEMAS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "aug": AugConfig,
+    "sched": SchedConfig,
+    "trainer": TrainerConfig,
+    "optim": OptimConfig,
+    "logger": LoggerConfig,
+}
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore as `<group>/schema`, which each group's YAML files build on."""
+    """Put the schemas in Hydra's ConfigStore as `<group>/schema`, which each group's YAML files build on, and
+    the top level as `run_schema`, which conf/config.yaml builds on."""
     cs = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name="schema", node=schema)
+    cs.store(group="data", name="schema_image_folder", node=ImageFolderDataConfig)
+    cs.store(group="data", name="schema_synthetic", node=SyntheticDataConfig)
+    cs.store(name="run_schema", node=RunConfig)
 
 
 register()

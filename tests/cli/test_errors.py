@@ -23,20 +23,20 @@ from metaformer.engine.data.datasets import FASHION_MNIST_FILES
 TRAIN_IMAGES, VAL_LABELS = FASHION_MNIST_FILES["train_images"], FASHION_MNIST_FILES["val_labels"]
 
 CASES = {
-    "unknown mixer": (["mixer=poool"], 2, "unknown mixer 'poool'; choose from: attn, dwconv"),
+    "unknown mixer": (["mixer=poool"], 2, "unknown mixer 'poool'; registered: attn, dwconv"),
     "mixer list too short": (["mixer=[pool,pool,attn]"], 2, "has 3 entries but the model has 4 stages"),
-    "unknown norm": (["norm=layernorm"], 2, "unknown norm 'layernorm'; choose from: bn, gn"),
+    "unknown norm": (["norm=layernorm"], 2, "unknown norm 'layernorm'; registered: bn, gn"),
     "norm list too long": (
         ["norm=[gn,gn,bn,bn,bn]"],
         2,
-        "norm=[gn,gn,bn,bn,bn] has 5 entries but the model has 4",
+        "norm has 5 entries but the model has 4 stages: give one value or a list of 4",
     ),
     "a per-stage model list too short": (
         ["+model.dims=[32,64,128]"],
         2,
-        "model.dims=[32,64,128] has 3 entries but",
+        "dims has 3 entries but the model has 4 stages",
     ),
-    "unknown act": (["act=swish"], 2, "unknown act 'swish'; choose from: gelu"),
+    "unknown act": (["act=swish"], 2, "unknown act 'swish'; registered: "),
     "unknown model": (
         ["model=poolformer_s13"],
         2,
@@ -66,7 +66,7 @@ CASES = {
     "options of an unknown mixer": (
         ["mixer_options.gated.kernel_size=5"],
         2,
-        "unknown mixer 'gated' in mixer_opt",
+        "mixer_options has an entry for unknown mixer 'gated'; registered: attn",
     ),
     "a resolution-bound mixer at another size": (
         ["QUICK", "mixer=[pool,pool,mlp,mlp]", "+model.img_size=64"],
@@ -80,6 +80,12 @@ CASES = {
         "'abc' of type 'str' could not be converted to Float; full_key: optim.lr",
     ),
     "a float where an int goes": (["trainer.epochs=1.5"], 2, "full_key: trainer.epochs"),
+    "a value of the wrong type in a sweep": (["-m", "seed=0,x"], 2, "to Integer; full_key: seed"),
+    "an option the model does not have": (
+        ["+model.bogus=1"],
+        2,
+        "unknown key model.bogus; model takes: name",
+    ),
     "an option the trainer does not have": (
         ["+trainer.bogus=1"],
         2,
@@ -90,6 +96,7 @@ CASES = {
         2,
         "unknown key optim.weight_decy; optim takes: opt, lr",
     ),
+    "an unset value": (["trainer.epochs=???"], 2, "trainer.epochs is not set (a data set's recipe"),
     "zero epochs": (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
     "negative epochs": (["trainer.epochs=-3"], 2, "trainer.epochs must be a positive integer, got -3"),
     "zero batch size": (["trainer.batch_size=0"], 2, "trainer.batch_size must be a positive integer, got 0"),

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from metaformer import create_model, profile
 from metaformer.engine.config import validate
@@ -37,12 +36,13 @@ TABLE5 = {
 BEYOND = {"fft", "fnet", "sepconv", "attn", "mlp"}
 
 
-def compose_row(row: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"+ablation={row}", *overrides])
+@pytest.fixture
+def compose_row(compose_cfg):
+    """Compose conf/ with the ablation row `row` and any overrides."""
+    return lambda row, *overrides: compose_cfg(f"+ablation={row}", *overrides)
 
 
-def test_every_paper_row_and_the_extra_mixers_are_there():
+def test_every_paper_row_and_the_extra_mixers_are_there(compose_row):
     labels = {compose_row(row).ablation.label for row in ROWS}
     assert set(TABLE5) <= labels
     extra_mixers = {compose_row(row).mixer for row in ROWS if compose_row(row).ablation.paper_top1 is None}
@@ -51,7 +51,7 @@ def test_every_paper_row_and_the_extra_mixers_are_there():
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row):
+def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row, compose_row):
     cfg = compose_row(row)
     assert cfg.ablation.name == row
     paper = TABLE5.get(cfg.ablation.label)
@@ -73,7 +73,7 @@ def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row):
         if not r.startswith("mixer_") or r in {"mixer_identity", "mixer_random", "mixer_dwconv"}
     ],
 )
-def test_row_costs_what_the_paper_says_at_s12(row):
+def test_row_costs_what_the_paper_says_at_s12(row, compose_row):
     cfg = compose_row(row, "model=poolformer_s12")
     if cfg.ablation.label not in TABLE5:
         pytest.skip("not a paper row")
@@ -82,16 +82,15 @@ def test_row_costs_what_the_paper_says_at_s12(row):
     assert (round(stats["params_m"], 1), round(stats["gmacs"], 1)) == (params_m, gmacs)
 
 
-def test_rows_compose_with_other_overrides():
+def test_rows_compose_with_other_overrides(compose_row):
     cfg = compose_row("norm_bn", "seed=3", "trainer.epochs=1", "data=synthetic")
     assert (cfg.norm, cfg.seed, cfg.trainer.epochs, cfg.data.name) == ("bn", 3, 1, "synthetic")
 
 
 @pytest.mark.parametrize("experiment", ["mini", "paper"])
-def test_experiments_compose_with_every_row(experiment):
+def test_experiments_compose_with_every_row(experiment, compose_row):
     for row in ROWS:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[f"+experiment={experiment}", f"+ablation={row}"])
+        cfg = compose_row(row, f"+experiment={experiment}")
         assert cfg.ablation.name == row
     assert cfg.model.name == {"mini": "poolformer_cpu", "paper": "poolformer_s12"}[experiment]
     if experiment == "paper":

@@ -27,6 +27,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
+from metaformer.errors import one_line
+
 # Where Debian's `dataset-fashion-mnist` installs the four IDX files, and where downloads go when data.root is unset.
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_ROOT = Path("~/.cache/metaformer/datasets").expanduser()
@@ -96,7 +98,7 @@ def read_idx(path: Path) -> np.ndarray:
         with _open_idx(path) as f:
             data = f.read()
     except (EOFError, zlib.error, OSError) as e:  # gzip.BadGzipFile is an OSError
-        raise DataFileError(f"{path} is truncated or corrupt ({_one_line(e)}); {REFETCH}") from e
+        raise DataFileError(f"{path} is truncated or corrupt ({one_line(e)}); {REFETCH}") from e
     shape = _idx_shape(path, data[:64])
     offset = 4 + 4 * len(shape)
     if len(data) != offset + math.prod(shape):
@@ -114,7 +116,7 @@ def check_idx(path: Path) -> None:
         with _open_idx(path) as f:
             head = f.read(64)
     except (EOFError, zlib.error, OSError) as e:
-        raise DataFileError(f"{path} is truncated or corrupt ({_one_line(e)}); {REFETCH}") from e
+        raise DataFileError(f"{path} is truncated or corrupt ({one_line(e)}); {REFETCH}") from e
     shape = _idx_shape(path, head)
     size = 4 + 4 * len(shape) + math.prod(shape)
     if path.suffix != ".gz":
@@ -172,7 +174,7 @@ def load_fashion_mnist(cfg: DictConfig) -> TensorSplits:
             tv_datasets.FashionMNIST(str(root), train=True, download=True)
         except Exception as e:  # torchvision raises URLError, RuntimeError, OSError, ... when offline
             raise FileNotFoundError(
-                f"{_fashion_missing(cfg)} (download into {root} failed: {_one_line(e)})"
+                f"{_fashion_missing(cfg)} (download into {root} failed: {one_line(e)})"
             ) from e
         paths = locate_fashion_mnist(root)
     if paths is None:
@@ -225,7 +227,7 @@ def read_cifar_batches(paths: list[Path]) -> tuple[Tensor, Tensor]:
             labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
             raise DataFileError(
-                f"{path} is truncated or corrupt ({type(e).__name__}: {_one_line(e)}); re-fetch the data set"
+                f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)}); re-fetch the data set"
             ) from e
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
@@ -240,7 +242,7 @@ def load_cifar(cfg: DictConfig) -> TensorSplits:
             CIFAR_CLASSES[cfg.name](str(root), train=True, download=True)
         except Exception as e:  # offline: URLError, OSError, ...
             raise FileNotFoundError(
-                f"{_cifar_missing(cfg, missing[0])} (download failed: {_one_line(e)})"
+                f"{_cifar_missing(cfg, missing[0])} (download failed: {one_line(e)})"
             ) from e
     elif missing:
         raise FileNotFoundError(_cifar_missing(cfg, missing[0]))
@@ -354,7 +356,3 @@ def _resize(images: Tensor, size: int, chunk: int = 8192) -> Tensor:
         for part in images.split(chunk)
     ]
     return torch.cat(out)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from metaformer import create_model
-from metaformer.bench import run_cli
 from metaformer.bench.__main__ import build_timm_twin, main, timm_twin
 from metaformer.bench.throughput import Outcome, ratios, summary
+from metaformer.errors import run_main
 from metaformer.fast import fast_settings
 
 
@@ -134,7 +134,9 @@ def test_without_a_twin_the_fast_row_is_compared_with_ours(tmp_path):
     "argv", [["--mixer", "nope"], ["--model", "poolformer_cpu", "--norm", "nope", "--mode", "infer"]]
 )
 def test_wrong_arguments_give_one_line_errors(argv, capsys):
-    assert run_cli(main, "python -m metaformer.bench", argv) == 2
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: main(argv), "python -m metaformer.bench")
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("python -m metaformer.bench: error: unknown") and "nope" in err and "\n" not in err
 
