@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.models.metaformer import Scale
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from metaformer.acts import get_act
 from metaformer.norms import build_norm
@@ -63,13 +64,24 @@ class MetaFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._add(self.res_scale1(x), self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x)))))
         if self.channel_mlp:
-            x = self._add(
-                self.res_scale2(x), self.layer_scale2(self.drop_path2(channel_mlp(self.mlp, self.norm2(x))))
-            )
+            x = self._add(self.res_scale2(x), self.layer_scale2(self.drop_path2(self._mlp(self.norm2(x)))))
         return x
 
     def _add(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         return shortcut + branch if self.residual else branch
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript and FX symbolic tracing (timm's feature extraction) take the convolutions: the layout test
+        # is control flow on a tensor property, which neither can record. torch.compile and export see it.
+        if torch.jit.is_scripting():
+            return self.mlp(x)
+        return self._mlp_any_layout(x)
+
+    @torch.jit.unused
+    def _mlp_any_layout(self, x: torch.Tensor) -> torch.Tensor:
+        if is_fx_symbolic_tracing():
+            return self.mlp(x)
+        return channel_mlp(self.mlp, x)
 
 
 def _scale(dim: int, init: float | None) -> nn.Module:
