@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -27,14 +28,21 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 FMNIST_NAMES = list(ds.FASHION_MNIST_FILES.values())
 
 
+def group_cfg(group: str, preset: str, **overrides):
+    """Return conf/<group>/<preset>.yaml over its schema, as the CLI composes it, with overrides (a plain config)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose("config", overrides=[f"{group}={preset}"])[group]
+    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(composed)), overrides)
+
+
 def data_cfg(preset: str, **overrides):
     """Return conf/data/<name>.yaml with overrides, as the CLI would compose it."""
-    return OmegaConf.merge(OmegaConf.load(CONF / "data" / f"{preset}.yaml"), overrides)
+    return group_cfg("data", preset, **overrides)
 
 
 def aug_cfg(preset: str, **overrides):
     """Return conf/aug/<name>.yaml with overrides."""
-    return OmegaConf.merge(OmegaConf.load(CONF / "aug" / f"{preset}.yaml"), overrides)
+    return group_cfg("aug", preset, **overrides)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -488,7 +496,7 @@ def test_check_data_reads_no_images(tmp_path, monkeypatch):
 
 def test_every_config_file_validates_and_aug_has_the_loop_keys():
     for path in sorted((CONF / "aug").glob("*.yaml")):
-        aug = OmegaConf.load(path)
+        aug = aug_cfg(path.stem)
         for key in (
             "mixup",
             "cutmix",
@@ -499,7 +507,7 @@ def test_every_config_file_validates_and_aug_has_the_loop_keys():
             "reprob",
         ):
             assert key in aug, f"{path.name} lacks {key}"
-    paper = OmegaConf.load(CONF / "aug" / "paper.yaml")
+    paper = aug_cfg("paper")
     assert (paper.randaugment, paper.mixup, paper.cutmix, paper.label_smoothing, paper.reprob) == (
         "rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25,
     )  # fmt: skip
