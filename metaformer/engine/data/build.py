@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -31,19 +31,22 @@ from metaformer.engine.data.datasets import (
     load_synthetic,
 )
 from metaformer.engine.data.loaders import FolderLoader, TensorLoader
+from metaformer.engine.schema import AugConfig, DataConfig, ImageFolderDataConfig, SyntheticDataConfig
 from metaformer.registry import Registry
 
 log = logging.getLogger(__name__)
 
+# Defaults for keys a data config may leave out (a config built in Python rather than composed by Hydra): the
+# values are the schema's (metaformer/engine/schema.py), where they are written.
 DATA_DEFAULTS: dict[str, Any] = {
     "root": None,
-    "download": False,
-    "num_workers": 0,
-    "seed": 0,
-    "train_split": "train",
-    "val_split": "val",
-    "interpolation": "bicubic",
-    "crop_pct": 0.9,
+    "download": DataConfig.download,
+    "num_workers": DataConfig.num_workers,
+    "seed": SyntheticDataConfig.seed,
+    **{
+        key: getattr(ImageFolderDataConfig, key)
+        for key in ("train_split", "val_split", "interpolation", "crop_pct")
+    },
 }
 DATA_REQUIRED = (
     "name",
@@ -52,18 +55,7 @@ DATA_REQUIRED = (
     "mean",
     "std",
 )  # and num_classes, which imagenet may leave null
-AUG_DEFAULTS: dict[str, Any] = {
-    "random_crop_padding": 0,
-    "hflip": 0.0,
-    "randaugment": None,
-    "reprob": 0.0,
-    "color_jitter": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "label_smoothing": 0.0,
-}
+AUG_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(AugConfig)}
 
 
 class Loader(Protocol):
