@@ -1,7 +1,5 @@
 """The dense-prediction backbone (official fork_feat), its weight loading, and torchvision's detector and segmenter."""
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,21 +9,6 @@ from metaformer.dense import build_retinanet, build_semantic_fpn, create_backbon
 
 SMALL = {"depths": (1, 1, 1, 1), "dims": (16, 32, 48, 64)}
 NO_DROP_PATH = {**SMALL, "drop_path_rate": 0.0}  # a deterministic loss curve
-
-
-def to_official(state_dict):
-    """Our keys in the sail-sg/poolformer layout, fork_feat norms included (norm0, norm2, norm4, norm6)."""
-    out = {}
-    for k, v in state_dict.items():
-        k = k.replace("stem.conv.", "patch_embed.proj.")
-        k = re.sub(r"layer_scale([12])\.scale$", r"layer_scale_\1", k)
-        k = re.sub(
-            r"stages\.(\d+)\.downsample\.conv\.", lambda m: f"network.{2 * int(m.group(1)) - 1}.proj.", k
-        )
-        k = re.sub(r"stages\.(\d+)\.blocks\.", lambda m: f"network.{2 * int(m.group(1))}.", k)
-        k = re.sub(r"^out_norms\.(\d)\.", lambda m: f"norm{2 * int(m.group(1))}.", k)
-        out[k] = v
-    return out
 
 
 def randomise_norms(model):
@@ -57,7 +40,7 @@ def test_backbone_drops_stages_after_the_last_output():
     assert [o.shape[-1] for o in backbone(torch.randn(1, 1, 28, 28))] == [14, 7, 4]
 
 
-def test_official_fork_feat_checkpoint_loads_with_its_norms(tmp_path):
+def test_official_fork_feat_checkpoint_loads_with_its_norms(tmp_path, to_official):
     source = randomise_norms(create_backbone("poolformer_s12", **SMALL)).eval()
     official = to_official(source.state_dict())
     assert {"norm0.weight", "norm6.bias", "network.0.0.layer_scale_1"} <= set(official)

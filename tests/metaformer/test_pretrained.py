@@ -1,7 +1,5 @@
 """Loading weights: timm's poolformer_*, the official release's layout, our own checkpoints; safe loading."""
 
-import re
-
 import pytest
 import timm
 import torch
@@ -27,21 +25,6 @@ def timm_s12():
     return model
 
 
-def to_official(state_dict):
-    """Rename timm's keys to the sail-sg/poolformer release layout (patch_embed, network.N, layer_scale_1)."""
-    out = {}
-    for k, v in state_dict.items():
-        k = k.replace("stem.conv.", "patch_embed.proj.")
-        k = re.sub(r"layer_scale([12])\.scale$", r"layer_scale_\1", k)
-        k = re.sub(
-            r"stages\.(\d+)\.downsample\.conv\.", lambda m: f"network.{2 * int(m.group(1)) - 1}.proj.", k
-        )
-        k = re.sub(r"stages\.(\d+)\.blocks\.", lambda m: f"network.{2 * int(m.group(1))}.", k)
-        k = k.replace("head.norm.", "norm.").replace("head.fc.", "head.")
-        out[k] = v
-    return out
-
-
 def official_logits(timm_model, x):
     """The official head: GroupNorm(1) over the whole last map, mean over H, W, then the linear layer."""
     feats = timm_model.forward_features(x)
@@ -61,7 +44,7 @@ def test_timm_weights_give_timm_features_and_official_logits(timm_s12):
         assert (model(x) - timm_s12(x)).abs().max() > 1e-3
 
 
-def test_official_release_layout(timm_s12, tmp_path):
+def test_official_release_layout(timm_s12, tmp_path, to_official):
     official = to_official(timm_s12.state_dict())
     assert "network.0.0.mlp.fc1.weight" in official and "network.0.0.layer_scale_1" in official
     assert detect_layout(official) == "official"
