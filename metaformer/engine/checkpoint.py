@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from metaformer.engine.config import ConfigError
+from metaformer.errors import one_line
 from metaformer.pretrained import read_checkpoint
 
 LAST, BEST = "last.pt", "best.pt"
@@ -82,7 +83,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = read_checkpoint(path)
     except (OSError, ValueError) as e:
-        raise CheckpointError(" ".join(str(e).split())) from e
+        raise CheckpointError(one_line(e)) from e
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'state_dict'); give a run's last.pt")
     return dict(ckpt)

@@ -30,6 +30,7 @@ from metaformer.engine.loggers import MetricsCSV, WandbLogger
 from metaformer.engine.loop import Stepper
 from metaformer.engine.results import git_state, run_identity
 from metaformer.engine.schema import OPTIM_OWN_KEYS
+from metaformer.errors import one_line
 from metaformer.fast import (
     Settings,
     bf16_supported,
@@ -82,12 +83,12 @@ def build_parts(cfg: DictConfig, spec: RunSpec, dist: D.DistInfo) -> Parts:
             rank=dist.rank, world_size=dist.world_size, device=dist.device, local_world_size=dist.local_world_size,
         )  # fmt: skip
     except DataFileError as e:  # a data file that is there but truncated or corrupt
-        raise ConfigError(" ".join(str(e).split()), exit_code=1) from e
+        raise ConfigError(one_line(e), exit_code=1) from e
     try:
         sized = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
         model = create_model(cfg.model.name, **{**sized, **spec.model_kwargs})  # model.* keys win
     except (ValueError, TypeError) as e:
-        raise ConfigError(" ".join(str(e).split())) from e
+        raise ConfigError(one_line(e)) from e
     mixers = list(getattr(model, "stage_mixers", spec.mixers))
     identity = {**run_identity(cfg, mixers, data.name), **git_state()}
     try:  # a forward pass at the data's size: resolution-bound mixers refuse maps of another size
@@ -259,7 +260,7 @@ def _build_scheduler(
 
 def _size_mismatch(cfg: DictConfig, data_size: int, error: ValueError) -> str:
     """One line for a model whose feature maps do not fit the data's images."""
-    reason = " ".join(str(error).split())
+    reason = one_line(error)
     model_size = cfg.model.get("img_size")
     if model_size is not None and model_size != data_size:
         return (

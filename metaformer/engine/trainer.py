@@ -47,6 +47,7 @@ from metaformer.engine.parts import build_loggers, build_parts, plain_config, ru
 from metaformer.engine.preemption import StopRequest, requeue, slurm_job_id
 from metaformer.engine.results import RESULTS_FILE, git_state, run_identity, write_results
 from metaformer.engine.state import TrainState
+from metaformer.errors import one_line
 
 __all__ = ["Trainer", "record_refusal", "run_dir_of", "run_settings", "save_hydra_files", "train"]
 
@@ -108,7 +109,7 @@ def record_refusal(cfg: DictConfig, run_dir: Path | None, error: Exception, mixe
     there."""
     if run_dir is None or not run_dir.is_dir() or any((run_dir / f).exists() for f in (RESULTS_FILE, LAST)):
         return
-    message = " ".join(str(error).split())
+    message = one_line(error)
     try:
         identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
     except Exception:  # a config too broken to describe: the error says why
