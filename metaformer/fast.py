@@ -93,9 +93,13 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 def compile_cache_dir() -> Path:
     """Where compiled kernels are kept between runs: `$TORCHINDUCTOR_CACHE_DIR` when set, else
     `$XDG_CACHE_HOME/metaformer/torchinductor` (`~/.cache/...`), not torch's default under /tmp, which a reboot or a
-    fresh container empties."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    fresh container empties. Inductor writes its /tmp default into that variable the first time it looks its folder up
+    (importing timm does), so the variable counts as the user's only when it names another folder."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "metaformer" / "torchinductor"
 

@@ -102,6 +102,21 @@ def test_compile_cache_lives_under_the_users_cache_folder(monkeypatch, tmp_path)
     assert compile_cache_dir() == tmp_path / "mine"
 
 
+def test_compile_cache_is_ours_after_inductor_wrote_its_default(monkeypatch, tmp_path):
+    """Inductor puts its /tmp default into TORCHINDUCTOR_CACHE_DIR when it first looks it up (importing timm does):
+    that is not the user's choice, and compiled kernels still go under the user's cache folder."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from metaformer.fast import compile_cache_dir, compile_model
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == default_cache_dir()  # what importing timm did in this process
+    assert compile_cache_dir() == tmp_path / "metaformer" / "torchinductor"
+    compile_model(torch.nn.Linear(2, 2))
+    assert cache_dir() == str(tmp_path / "metaformer" / "torchinductor")  # where Inductor now writes
+
+
 def test_bf16_detection_honours_an_avx2_restriction():
     """oneDNN restricted to AVX2 kernels (ONEDNN_MAX_CPU_ISA) has no bf16 arithmetic, so `auto` must pick float32."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
