@@ -26,6 +26,8 @@ POWER = 0.8
 # under-covers and the t-interval is the better estimate.
 BOOTSTRAP_MIN_N = 20
 MAX_SEEDS = 1000  # seeds-needed estimates beyond this are reported as infinite
+SAME_DIFFERENCE = 1e-9  # paired differences closer than this (in top-1 points) are the same difference
+NO_SPREAD = "none: equal differences"  # the test column of a paired row whose differences are all the same
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def compare(row: pd.Series, base: pd.Series) -> Comparison:
     """Compare a row's top-1 runs with the baseline's (each a Series indexed by seed): Δ, 95% CI, p, test.
 
     Paired t-test over the seeds both have when they share at least two (each seed once per row), else Welch's
-    t-test on all runs; with a single run on either side there is no spread to test against, so no CI and no p.
+    t-test on all runs; with a single run on either side, or paired differences that are all the same, there is
+    no spread to test against, so no CI and no p.
     """
     row, base = row.astype(float), base.astype(float)
     paired_row, paired_base = _by_seed(row), _by_seed(base)
@@ -100,9 +103,15 @@ def compare(row: pd.Series, base: pd.Series) -> Comparison:
         warnings.simplefilter("ignore", RuntimeWarning)
         if len(shared) >= 2:
             a, b = row[shared].to_numpy(), base[shared].to_numpy()
+            diff = a - b
+            if np.allclose(diff, diff[0], rtol=0.0, atol=SAME_DIFFERENCE):
+                # Every seed moved by the same amount (top-1 moves in steps of one test image): the t statistic
+                # divides by a spread of rounding error, and its p-value would be an artefact of that.
+                return Comparison(
+                    float(diff.mean()), math.nan, math.nan, math.nan, NO_SPREAD, n_pairs=len(shared), sd=0.0
+                )
             result = stats.ttest_rel(a, b)
             ci = result.confidence_interval(CONFIDENCE)
-            diff = a - b
             return Comparison(
                 float(diff.mean()),
                 float(ci.low),

@@ -333,7 +333,8 @@ def notes(table: pd.DataFrame) -> str:
             "Δ: top-1 minus the baseline's (same data and model; over the paired seeds when paired) with its 95% "
             "CI; test: paired t-test over the seeds both rows ran (their count in brackets; same seed = same "
             "initialisation and data order), "
-            "Welch's t-test when they share fewer than two; none when a row has one run. "
+            "Welch's t-test when they share fewer than two; none when a row has one run, or when every paired "
+            "difference is the same (no spread to test against). "
             f"p: two-sided, Holm-corrected over the {_count(tests, 'row')} tested; resolved: p < {ALPHA:g}."
         )
         if table["paper_delta"].notna().any():

@@ -70,6 +70,16 @@ def test_a_single_run_has_no_ci_and_no_test():
     assert math.isnan(c.low) and math.isnan(c.high) and math.isnan(c.p)
 
 
+def test_paired_differences_that_are_all_the_same_are_not_tested():
+    # one test image (0.01 points) lower on every seed: the t statistic would divide by rounding error
+    base = by_seed({0: 82.24, 1: 81.99, 2: 82.37})
+    row = by_seed({0: 82.23, 1: 81.98, 2: 82.36})
+    c = compare(row, base)
+    assert c.test == "none: equal differences" and c.n_pairs == 3 and c.sd == 0.0
+    assert c.delta == pytest.approx(-0.01)
+    assert math.isnan(c.p) and math.isnan(c.low) and math.isnan(c.high)
+
+
 def test_holm_against_a_worked_example():
     # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> monotone: 0.06
     adjusted = holm(np.array([0.01, 0.04, 0.03, 0.005, math.nan]))
