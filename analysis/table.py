@@ -123,7 +123,7 @@ def _statistics(table: pd.DataFrame, top1: list[pd.Series]) -> pd.DataFrame:
     tests = max(int(table["p_value"].notna().sum()), 1)
     table["seeds_needed"] = [
         math.nan
-        if c is None or r
+        if c is None or r or math.isnan(c.p)
         else seeds_needed(c.delta, c.sd, None if c.paired else c.sd_base, alpha=ALPHA / tests)
         for c, r in zip(comparisons, table["resolved"], strict=True)
     ]
@@ -370,7 +370,7 @@ def summary(table: pd.DataFrame) -> str:
     untested = rows[rows["p_value"].isna()]
     if len(untested):
         sentences.append(
-            f"{_count(len(untested), 'row')} could not be tested (one run, or none): "
+            f"{_count(len(untested), 'row')} could not be tested (one run or none, or the same difference on every seed): "
             f"{_listing(untested, with_delta=False)}."
         )
     with_paper = rows[rows["verdict"].notna()]
