@@ -388,7 +388,8 @@ def summary(table: pd.DataFrame) -> str:
             "not resolved"
         )
         if counts.get("paper: no change", 0):
-            sentence += f"; {_count(counts['paper: no change'], 'row')} differ where the paper saw no change"
+            changed = counts["paper: no change"]
+            sentence += f"; {_count(changed, 'row')} {'differs' if changed == 1 else 'differ'} where the paper saw no change"
         sentences.append(sentence + ".")
     needed = rows.loc[rows["p_value"].notna() & ~rows["resolved"], "seeds_needed"]
     if len(needed):
