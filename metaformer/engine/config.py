@@ -270,10 +270,32 @@ def check_argv(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     type or a key the schema does not have (in a `-m` sweep, each swept value)."""
     check_launcher(argv)
     try:
+        check_modes(argv)
         check_overrides(argv, conf_dir)
         check_composes(argv, conf_dir)
     except ConfigError as e:
         fail(str(e), e.exit_code)
+
+
+def check_modes(argv: list[str]) -> None:
+    """Raise ConfigError when argv asks for more than one of Hydra's modes (-m, --cfg, --info, --run,
+    --shell-completion), which Hydra refuses with a traceback. Flags Hydra cannot parse are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # argparse's own message (e.g. --cfg without a value) comes from Hydra in a moment
+        return
+    modes = {
+        "--run": args.run,
+        "--multirun": args.multirun,
+        "--cfg": args.cfg is not None,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+    }
+    chosen = [flag for flag, on in modes.items() if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} cannot be combined: give one of them")
 
 
 def check_composes(argv: list[str], conf_dir: Path = CONF_DIR) -> None:

@@ -47,6 +47,11 @@ CASES = {
         2,
         "unknown data 'mnist'; choose from: cifar10, cifar100, fashion_mnist",
     ),
+    "two of Hydra's modes": (
+        ["-m", "seed=0,1", "--info"],
+        2,
+        "--multirun and --info cannot be combined: give one of them",
+    ),
     "unknown model in a sweep": (
         ["-m", "model=poolformer_s12,poolformer_x"],
         2,
