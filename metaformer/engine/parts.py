@@ -111,7 +111,10 @@ def build_parts(cfg: DictConfig, spec: RunSpec, dist: D.DistInfo) -> Parts:
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     module = model
-    optimizer = _build_optimizer(module, cfg.optim, lr)
+    try:
+        optimizer = _build_optimizer(module, cfg.optim, lr)
+    except (ValueError, TypeError) as e:  # the optimizer's own checks: lr, betas, eps, ...
+        raise ConfigError(f"optim ({cfg.optim.opt}): {one_line(e)}") from e
     # timm's warmup: decay = min(ema_decay, 1 - (1 + step)^-2/3), so the average follows the model early on
     ema = ModelEmaV3(module, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.get("ema") else None
     ddp = None

@@ -47,6 +47,7 @@ CASES = {
         2,
         "unknown data 'mnist'; choose from: cifar10, cifar100, fashion_mnist",
     ),
+    "a negative learning rate": (["optim.lr=-1"], 2, "optim (adamw): Invalid learning rate: -1.0"),
     "two of Hydra's modes": (
         ["-m", "seed=0,1", "--info"],
         2,
