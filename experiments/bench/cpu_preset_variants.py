@@ -3,19 +3,19 @@
     .venv/bin/python experiments/bench/cpu_preset_variants.py [--threads 2] [--batch-size 128]
 
 Each variant is `create_model("poolformer_cpu", **changes)` trained on one random 28 px batch in float32 with
-channels-last memory (the main job's settings): 4 warm-up steps, then images per second of wall time over 15 steps.
-The accuracy each variant reaches is a separate question (experiments/BENCHMARKS.md records the runs).
+channels-last memory (the main job's settings) by the benchmark's training step (metaformer.bench, AdamW): 4 warm-up
+steps, then images per second of wall time over 15 steps. The accuracy each variant reaches is a separate question (experiments/BENCHMARKS.md records the runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
 
 from metaformer import create_model, profile
+from metaformer.bench.throughput import Contender, make_step, time_steps
+from metaformer.fast import Settings
 
 STEM4 = {"stem_kernel": 4, "stem_stride": 4, "stem_padding": 0}  # 4x4 patches: 7/4/2/1 px grids at 28 px
 VARIANTS: dict[str, dict] = {
@@ -33,24 +33,12 @@ VARIANTS: dict[str, dict] = {
 
 
 def images_per_second(changes: dict, batch_size: int, steps: int = 15, warmup: int = 4) -> float:
-    """Wall-clock training images/s of the CPU preset with `changes`, float32, channels-last, AdamW."""
-    model = create_model("poolformer_cpu", **changes).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch_size, 1, 28, 28).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,))
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+    """Wall-clock training images/s of the CPU preset with `changes`, float32, channels-last (the benchmark's step)."""
+    model = create_model("poolformer_cpu", **changes)
+    x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    step = make_step(Contender("variant", model, Settings("fp32", channels_last=True)), "train", x, y)
+    time_steps(step, warmup, x.device)
+    return steps * batch_size / time_steps(step, steps, x.device)
 
 
 def main() -> None:
