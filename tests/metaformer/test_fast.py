@@ -92,7 +92,10 @@ def test_inference_copy_is_bf16_and_leaves_the_model_in_float32():
 def test_compile_cache_lives_under_the_users_cache_folder(monkeypatch, tmp_path):
     from metaformer.fast import compile_cache_dir, compile_model
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv(
+        "TORCHINDUCTOR_CACHE_DIR", ""
+    )  # records the variable, so compile_model's setting is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert compile_cache_dir() == tmp_path / "metaformer" / "torchinductor"
     compiled = compile_model(torch.nn.Linear(2, 2))  # lazy: nothing is compiled until the first call
@@ -109,7 +112,10 @@ def test_compile_cache_is_ours_after_inductor_wrote_its_default(monkeypatch, tmp
 
     from metaformer.fast import compile_cache_dir, compile_model
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv(
+        "TORCHINDUCTOR_CACHE_DIR", ""
+    )  # records the variable, so compile_model's setting is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_dir() == default_cache_dir()  # what importing timm did in this process
     assert compile_cache_dir() == tmp_path / "metaformer" / "torchinductor"
