@@ -1,6 +1,6 @@
 """Train one MetaFormer from the command line; every setting is a Hydra override (see conf/ and README.md).
 
-python run.py                                          # the main job: poolformer_cpu on Fashion-MNIST
+python run.py                                          # the main job: poolformer_cpu_patch4 on Fashion-MNIST
 python run.py mixer=[pool,pool,attn,attn] norm=gn      # any mixer per stage, any norm / act
 python run.py -m seed=0,1,2                            # a sweep (hydra/launcher=joblib: in parallel)
 torchrun --nproc_per_node=8 run.py model=poolformer_s12 data=imagenet data.root=/data/imagenet

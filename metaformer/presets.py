@@ -25,6 +25,19 @@ M = TypeVar("M", bound=MetaFormer)
 _S = {"dims": (64, 128, 320, 512)}
 _M = {"dims": (96, 192, 384, 768)}
 
+_CPU = {
+    "dims": (32, 64, 128, 192),
+    "depths": (2, 2, 4, 2),
+    "layer_scale_init": 1e-5,
+    "drop_path_rate": 0.0,
+    "stem_kernel": 3,
+    "stem_stride": 2,
+    "stem_padding": 1,
+    "img_size": 28,
+    "in_chans": 1,
+    "num_classes": 10,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "poolformer_s12": {**_S, "depths": (2, 2, 6, 2), "layer_scale_init": 1e-5, "drop_path_rate": 0.1},
     "poolformer_s24": {**_S, "depths": (4, 4, 12, 4), "layer_scale_init": 1e-5, "drop_path_rate": 0.1},
@@ -32,18 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "poolformer_m36": {**_M, "depths": (6, 6, 18, 6), "layer_scale_init": 1e-6, "drop_path_rate": 0.3},
     "poolformer_m48": {**_M, "depths": (8, 8, 24, 8), "layer_scale_init": 1e-6, "drop_path_rate": 0.4},
     # 28-32 px inputs (Fashion-MNIST, CIFAR): a 3x3 stride-2 stem gives stages at 14, 7, 4, 2 for 28 px.
-    "poolformer_cpu": {
-        "dims": (32, 64, 128, 192),
-        "depths": (2, 2, 4, 2),
-        "layer_scale_init": 1e-5,
-        "drop_path_rate": 0.0,
-        "stem_kernel": 3,
-        "stem_stride": 2,
-        "stem_padding": 1,
-        "img_size": 28,
-        "in_chans": 1,
-        "num_classes": 10,
-    },
+    "poolformer_cpu": _CPU,
+    # The main job's model: the same stages on 4x4 patches (a 4x4 stride-4 stem), at 7, 4, 2, 1 px for 28 px:
+    # a quarter of the MACs and about 2.4x the training throughput of the 14 px stages on a 2-core CPU.
+    "poolformer_cpu_patch4": {**_CPU, "stem_kernel": 4, "stem_stride": 4, "stem_padding": 0},
 }
 # What every preset shares: MetaFormer's own defaults (read from its signature, not copied).
 _COMMON = {
@@ -70,6 +75,15 @@ def _cfg(**fields: Any) -> dict[str, Any]:
     }
 
 
+_FASHION_MNIST_CFG = _cfg(
+    input_size=(1, 28, 28),
+    pool_size=(2, 2),
+    num_classes=10,
+    crop_pct=1.0,
+    interpolation="bilinear",
+    mean=(0.2860,),
+    std=(0.3530,),
+)
 # The data each preset expects; the fields a build decides (input/pool size, classes) are checked against the
 # built model in the tests.
 PRESET_CFGS: dict[str, dict[str, Any]] = {
@@ -79,15 +93,8 @@ PRESET_CFGS: dict[str, dict[str, Any]] = {
     "poolformer_m36": _cfg(crop_pct=0.95),
     "poolformer_m48": _cfg(crop_pct=0.95),
     # Fashion-MNIST: 1 channel, 28 px, its own mean/std (conf/data/fashion_mnist.yaml), no crop.
-    "poolformer_cpu": _cfg(
-        input_size=(1, 28, 28),
-        pool_size=(2, 2),
-        num_classes=10,
-        crop_pct=1.0,
-        interpolation="bilinear",
-        mean=(0.2860,),
-        std=(0.3530,),
-    ),
+    "poolformer_cpu": _FASHION_MNIST_CFG,
+    "poolformer_cpu_patch4": {**_FASHION_MNIST_CFG, "pool_size": (1, 1)},
 }
 _DATA_FIELDS = ("crop_pct", "interpolation", "mean", "std", "paper_ids")
 

@@ -97,6 +97,7 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     model = build_on_meta(cfg, kwargs)
     _check_set(cfg)
     _check_trainer(cfg.trainer)
+    _check_batch_norm(model, cfg.trainer.batch_size)
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
     if cfg.logger.get("name") == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -110,6 +111,19 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     if run_dir is not None:
         check_writable(run_dir)
     return RunSpec(mixers=list(model.stage_mixers), model_kwargs=kwargs)
+
+
+def _check_batch_norm(model: Any, batch_size: int) -> None:
+    """Raise ConfigError where a BatchNorm would see one value per channel in training (batch x grid pixels),
+    which torch refuses only at the first step."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for i, (stage, (h, w)) in enumerate(zip(model.stages, model.stage_resolutions, strict=True), start=1):
+        if batch_size * h * w < 2 and any(isinstance(m, _BatchNorm) for m in stage.modules()):
+            raise ConfigError(
+                f"norm=bn normalises over the batch, and trainer.batch_size={batch_size} at stage {i}'s {h}x{w} "
+                f"grid gives it one value per channel; use trainer.batch_size=2 or more, or another norm (norm=gn)"
+            )
 
 
 def _check_set(cfg: DictConfig) -> None:

@@ -74,11 +74,16 @@ CASES = {
         2,
         "mixer_options has an entry for unknown mixer 'gated'; registered: attn",
     ),
+    "BatchNorm with one value per channel": (
+        ["QUICK", "norm=bn", "trainer.batch_size=1"],
+        2,
+        "norm=bn normalises over the batch, and trainer.batch_size=1 at stage 4's 1x1 grid gives it one value",
+    ),
     "a resolution-bound mixer at another size": (
         ["QUICK", "mixer=[pool,pool,mlp,mlp]", "+model.img_size=64"],
         2,
-        "model.img_size=64 does not fit data.img_size=32: mixer 'mlp' was built for a 8x8 feature map but "
-        "received 4x4",
+        "model.img_size=64 does not fit data.img_size=32: mixer 'mlp' was built for a 4x4 feature map but "
+        "received 2x2",
     ),
     "a value of the wrong type": (
         ["optim.lr=abc"],

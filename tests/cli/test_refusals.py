@@ -88,7 +88,9 @@ def test_a_refused_job_in_a_new_run_folder_is_recorded_as_failed_and_listed(tmp_
     record = json.loads((run / "results.json").read_text())
     assert record["status"] == "failed" and record["epochs"] == 0
     assert "unknown mixer 'poool'" in record["error"] and record["error"] in refused.lines[0]
-    assert record["model"] == "poolformer_cpu" and record["seed"] == 0  # what the job was asked to train
+    assert (
+        record["model"] == "poolformer_cpu_patch4" and record["seed"] == 0
+    )  # what the job was asked to train
     assert not (run / "last.pt").exists() and not (run / "metrics.csv").exists()
     excluded = excluded_runs(collect_runs([tmp_path]))
     assert list(excluded["status"]) == ["failed"] and "unknown mixer 'poool'" in excluded["reason"][0]

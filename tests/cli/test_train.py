@@ -55,8 +55,8 @@ def test_a_short_fashion_mnist_run_learns_and_fills_its_run_folder(run_cli, tmp_
     assert res["status"] == "completed" and res["epochs"] == 2
     assert res["top1"] > 60, res  # chance is 10%
     assert res["best_top1"] >= res["top1"] and 0 < res["top1"] <= res["top5"] <= 100
-    assert res["mixers"] == ["pool"] * 4 and (res["norm"], res["act"], res["seed"]) == ("gn", "gelu", 0)
-    assert (res["model"], res["data"]) == ("poolformer_cpu", "fashion_mnist")
+    assert res["mixers"] == ["pool"] * 4 and (res["norm"], res["act"], res["seed"]) == ("bn", "relu", 0)
+    assert (res["model"], res["data"]) == ("poolformer_cpu_patch4", "fashion_mnist")
     assert res["params_m"] > 0.5 and res["gmacs"] > 0 and res["train_img_per_s"] > 0 and res["wall_s"] > 0
     assert res["loss"] > 0 and res["label"] is None
 

@@ -24,7 +24,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 def test_the_main_job_is_the_cpu_preset_on_fashion_mnist_with_its_short_recipe(compose_cfg):
     cfg = compose_cfg()
     assert (cfg.model.name, cfg.data.name, cfg.mixer, cfg.norm, cfg.act) == (
-        "poolformer_cpu", "fashion_mnist", "pool", "gn", "gelu",
+        "poolformer_cpu_patch4", "fashion_mnist", "pool", "bn", "relu",
     )  # fmt: skip
     assert cfg.aug.hflip == 0 and cfg.aug.mixup == 0  # aug=none: see conf/recipe/fashion_mnist.yaml
     assert compose_cfg("aug=light").aug.hflip > 0

@@ -46,6 +46,7 @@ def test_readme_calls():
 def test_list_models():
     assert set(list_models()) == {
         "poolformer_cpu",
+        "poolformer_cpu_patch4",
         "poolformer_s12",
         "poolformer_s24",
         "poolformer_s36",

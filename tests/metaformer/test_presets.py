@@ -76,3 +76,16 @@ def test_profile_at_another_size_and_on_a_real_device():
     assert large == pytest.approx(4 * small, rel=0.01)
     hybrid = {"mixer": ["pool", "attn", "mlp", "attn"]}  # the meta device counts what real weights count
     assert profile(create_model("poolformer_cpu", **hybrid)) == profile(on_meta("poolformer_cpu", **hybrid))
+
+
+def test_the_main_jobs_preset_is_the_cpu_preset_on_4x4_patches():
+    cpu, patch4 = create_model("poolformer_cpu"), create_model("poolformer_cpu_patch4")
+    assert cpu.stage_resolutions == [(14, 14), (7, 7), (4, 4), (2, 2)]
+    assert patch4.stage_resolutions == [(7, 7), (4, 4), (2, 2), (1, 1)]
+    assert patch4.stem.conv.kernel_size == patch4.stem.conv.stride == (4, 4)
+    # the same blocks and layout: only the stem's kernel differs
+    shapes = {k: v.shape for k, v in cpu.state_dict().items()}
+    differ = {k for k, v in patch4.state_dict().items() if shapes.pop(k) != v.shape}
+    assert differ == {"stem.conv.weight"} and not shapes
+    assert patch4(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert profile(patch4)["gmacs"] < 0.3 * profile(cpu)["gmacs"]
