@@ -1,6 +1,6 @@
 """Training-step throughput of cheaper variants of the CPU preset (issue 10, target 1: what a smaller model buys).
 
-    .venv/bin/python experiments/bench/cpu_preset_variants.py [--threads 2] [--batch-size 128]
+    .venv/bin/python experiments/bench/cpu_preset_variants.py [--threads 2] [--batch-size 128] [--only TEXT ...]
 
 Each variant is `create_model("poolformer_cpu", **changes)` trained on one random 28 px batch in float32 with
 channels-last memory (the main job's settings) by the benchmark's training step (metaformer.bench, AdamW): 4 warm-up
@@ -29,6 +29,12 @@ VARIANTS: dict[str, dict] = {
     "7x7 stride-4 stem (the paper's)": {"stem_kernel": 7, "stem_stride": 4, "stem_padding": 2},
     "4x4 stem, depths (2,2,6,2)": {**STEM4, "depths": (2, 2, 6, 2)},
     "4x4 stem, dims (48,96,192,256)": {**STEM4, "dims": (48, 96, 192, 256)},
+    "BN, ReLU": {"norm": "bn", "act": "relu"},
+    "4x4 stem, BN, ReLU (the main job: poolformer_cpu_patch4, norm=bn act=relu)": {
+        **STEM4,
+        "norm": "bn",
+        "act": "relu",
+    },
 }
 
 
@@ -45,11 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--only", nargs="*", help="the variants whose names contain one of these strings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"| variant | params (M) | GMACs | train img/s ({args.threads} threads, batch {args.batch_size}) |")
     print("|---|---:|---:|---:|")
-    for name, changes in VARIANTS.items():
+    only = [v for v in VARIANTS if any(k in v for k in args.only)] if args.only else list(VARIANTS)
+    for name in only:
+        changes = VARIANTS[name]
         stats = profile(create_model("poolformer_cpu", **changes))
         rate = images_per_second(changes, args.batch_size)
         print(f"| {name} | {stats['params_m']:.2f} | {stats['gmacs']:.4f} | {rate:.0f} |", flush=True)

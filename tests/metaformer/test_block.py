@@ -60,8 +60,28 @@ def test_fast_mlp_uses_the_convolution_weights():
     assert torch.equal(channel_mlp(block.mlp, x), torch.ones_like(x))
 
 
+def test_a_1x1_grid_runs_the_channel_mlp_as_linear_layers():
+    torch.manual_seed(0)
+    mlp, reference = MetaFormerBlock(DIM).mlp, MetaFormerBlock(DIM).mlp
+    reference.load_state_dict(mlp.state_dict())
+    x = torch.randn(3, DIM, 1, 1)  # NCHW-contiguous and channels-last at once
+    convs: list[int] = []
+    for conv in (mlp.fc1, mlp.fc2):
+        conv.register_forward_hook(lambda *_: convs.append(1))
+    results = []
+    for run in (lambda v: channel_mlp(mlp, v), reference):
+        v = x.clone().requires_grad_()
+        out = run(v)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), v.grad))
+    assert not convs  # the convolutions' weights ran as linear layers
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(mlp.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_layout_detection():
     assert not is_channels_last(torch.randn(2, 3, 4, 4))
     assert is_channels_last(torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last))
-    assert not is_channels_last(torch.randn(2, 3, 1, 1).contiguous(memory_format=torch.channels_last))
+    assert is_channels_last(torch.randn(2, 3, 1, 1))  # a 1x1 grid: both layouts are the same memory
     assert not is_channels_last(torch.randn(2, 3, 4))
