@@ -70,7 +70,7 @@ def test_a_short_fashion_mnist_run_learns_and_fills_its_run_folder(run_cli, tmp_
 # drop path (torch), and a cosine schedule; 2 epochs of 3 batches, so optimizer step 4 is batch 1 of epoch 2.
 EXACT = [
     "trainer.epochs=2", "trainer.limit_train_batches=3", "aug=light", "aug.mixup=0.4", "aug.cutmix=0.4",
-    "model.drop_path_rate=0.1",
+    "model.drop_path_rate=0.1", "norm=bn",  # the main job's norm: its running statistics resume too
 ]  # fmt: skip
 COMPARED = ("top1", "top5", "loss", "best_top1", "best_top5", "best_epoch", "epochs", "status")
 ROW_KEYS = ("epoch", "lr", "train_loss", "val_loss", "top1", "top5")

@@ -1,12 +1,13 @@
 """conf/ablation/: one config per row of the paper's Table 5 (plus rows beyond it) that composes, validates,
 builds, and costs what the paper says at the paper's scale."""
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 
-from metaformer import create_model, profile
+from metaformer import MetaFormer, create_model, profile
 from metaformer.engine.config import validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -80,6 +81,19 @@ def test_row_costs_what_the_paper_says_at_s12(row, compose_row):
     params_m, gmacs, _ = TABLE5[cfg.ablation.label]
     stats = profile(create_model("poolformer_s12", **validate(cfg).model_kwargs))
     assert (round(stats["params_m"], 1), round(stats["gmacs"], 1)) == (params_m, gmacs)
+
+
+def test_every_row_changes_the_papers_block_whatever_the_recipe_sets(compose_row, compose_cfg):
+    paper = {k: inspect.signature(MetaFormer).parameters[k].default for k in ("mixer", "norm", "act")}
+    assert {
+        k: compose_cfg("+block=paper")[k] for k in paper
+    } == paper  # conf/block/paper.yaml: the model's defaults
+    main = compose_cfg()
+    assert (main.norm, main.act) == ("bn", "relu")  # the main job's recipe (conf/recipe/fashion_mnist.yaml)
+    assert {k: compose_row("baseline")[k] for k in paper} == paper
+    for row in ROWS:  # the same block as under the mini experiment, which has no recipe
+        on_main, on_mini = compose_row(row), compose_row(row, "+experiment=mini")
+        assert {k: on_main[k] for k in paper} == {k: on_mini[k] for k in paper}, row
 
 
 def test_rows_compose_with_other_overrides(compose_row):
