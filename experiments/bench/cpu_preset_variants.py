@@ -13,11 +13,12 @@ import argparse
 
 import torch
 
-from metaformer import create_model, profile
+from metaformer import create_model, preset_config, profile
 from metaformer.bench.throughput import Contender, make_step, time_steps
 from metaformer.fast import Settings
 
-STEM4 = {"stem_kernel": 4, "stem_stride": 4, "stem_padding": 0}  # 4x4 patches: 7/4/2/1 px grids at 28 px
+# 4x4 patches, 7/4/2/1 px grids at 28 px: the stem of poolformer_cpu_patch4 (metaformer/presets.py)
+STEM4 = {k: preset_config("poolformer_cpu_patch4")[k] for k in ("stem_kernel", "stem_stride", "stem_padding")}
 VARIANTS: dict[str, dict] = {
     "poolformer_cpu": {},
     "depths (2,2,2,2)": {"depths": (2, 2, 2, 2)},

@@ -62,8 +62,8 @@ def test_fast_mlp_uses_the_convolution_weights():
 
 def test_a_1x1_grid_runs_the_channel_mlp_as_linear_layers():
     torch.manual_seed(0)
-    mlp, reference = MetaFormerBlock(DIM).mlp, MetaFormerBlock(DIM).mlp
-    reference.load_state_dict(mlp.state_dict())
+    mlp = MetaFormerBlock(DIM).mlp
+    reference = copy.deepcopy(mlp)
     x = torch.randn(3, DIM, 1, 1)  # NCHW-contiguous and channels-last at once
     convs: list[int] = []
     for conv in (mlp.fc1, mlp.fc2):
