@@ -22,7 +22,7 @@ from timm.models.metaformer import Scale
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from metaformer.acts import get_act
+from mixers.acts import get_act
 from metaformer.norms import build_norm
 from mixers import build_mixer
 

@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from metaformer.acts import ACTS
+from mixers.acts import ACTS
 from metaformer.block import MetaFormerBlock
 from metaformer.norms import NORMS, build_norm
 from mixers import MIXERS

@@ -13,7 +13,7 @@ from timm.layers import LayerNorm2d
 from timm.models.metaformer import GroupNorm1NoBias, LayerNorm2dNoBias
 from torch import nn
 
-from metaformer.registry import Registry
+from mixers.registry import Registry
 
 NORMS = Registry("norm")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mixers.acts import ACTS
 from mixers.registry import register_mixer
 
 
@@ -23,7 +24,7 @@ class DepthwiseConv(nn.Module):
 @register_mixer("sepconv")
 class SepConv(nn.Module):
     """ConvFormer's separable conv: 1x1 expand, activation, k x k depthwise, 1x1 project (NCHW throughout).
-    `act` is any registered activation (metaformer.list_acts(): gelu, relu, silu, starrelu, ...)."""
+    `act` is any registered activation (mixers.acts.list_acts(): gelu, relu, silu, starrelu, ...)."""
 
     def __init__(
         self,
@@ -34,8 +35,6 @@ class SepConv(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        from metaformer.acts import ACTS  # at build time: metaformer imports this package
-
         try:
             act_layer = ACTS.get(act)
         except ValueError as e:

@@ -32,7 +32,7 @@ from metaformer.engine.data.datasets import (
 )
 from metaformer.engine.data.loaders import FolderLoader, TensorLoader
 from metaformer.engine.schema import AugConfig, DataConfig, ImageFolderDataConfig, SyntheticDataConfig
-from metaformer.registry import Registry
+from mixers.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Activations of the channel MLP by name: GELU (the paper's), ReLU, SiLU, StarReLU and squared ReLU."""
+"""Activations by name, for the channel MLP and for mixers that have one (sepconv): GELU (the paper's), ReLU,
+SiLU, StarReLU and squared ReLU."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from timm.models.metaformer import SquaredReLU, StarReLU
 from torch import nn
 
-from metaformer.registry import Registry
+from mixers.registry import Registry
 
 ACTS = Registry("act")
 
