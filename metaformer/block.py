@@ -22,9 +22,9 @@ from timm.models.metaformer import Scale
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from mixers.acts import get_act
 from metaformer.norms import build_norm
 from mixers import build_mixer
+from mixers.acts import get_act
 
 
 class MetaFormerBlock(nn.Module):

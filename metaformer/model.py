@@ -22,10 +22,10 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mixers.acts import ACTS
 from metaformer.block import MetaFormerBlock
 from metaformer.norms import NORMS, build_norm
 from mixers import MIXERS
+from mixers.acts import ACTS
 from mixers.base import ResolutionBound
 
 # Mixers bound to a resolution check the input's shape in Python; torch.fx calls them as single leaf modules.

@@ -9,8 +9,6 @@ point at code that was never registered. It lives here, in the lowest package (`
 
 from __future__ import annotations
 
-
-
 import importlib
 from collections.abc import Callable
 from typing import Any

@@ -96,7 +96,9 @@ def test_mixers_package_imports_nothing_from_metaformer():
         tree = ast.parse(file.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom | ast.Import):  # one-way: metaformer builds on mixers
-                modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                modules = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                )
                 assert not any(m.startswith(("metaformer", "analysis")) for m in modules), file
 
 
