@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 
+from metaformer import list_acts, list_norms
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
 from metaformer.errors import run_main
 from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings, with_overrides
 from metaformer.presets import create_model, list_models, preset_config
 from metaformer.profile import profile
+from mixers import list_mixers
 
 # FLOPs of a training step per forward FLOP: forward, and backward's two products (input and weight gradients)
 TRAIN_FLOP_FACTOR = 3
@@ -92,46 +94,103 @@ def machine(device: str = "cpu") -> str:
     return f"{name} ({isa}, {bf16}), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m metaformer.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="poolformer_s12", choices=list_models())
-    p.add_argument("--mixer", nargs="+", help="one mixer for all stages, or one per stage")
-    p.add_argument("--norm")
-    p.add_argument("--act")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, help="default: the preset's (224 for S12)")
-    p.add_argument("--mode", choices=["infer", "train", "both"], default="both")
-    p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="fp32", help="ours, besides --fast")
-    p.add_argument("--channels-last", action="store_true", help="ours, besides --fast")
-    p.add_argument("--compile", action="store_true", help="ours, besides --fast")
-    p.add_argument("--fast", action="store_true", help="add ours on the fast path")
-    p.add_argument(
-        "--fast-compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in --fast"
+def names(registered: list[str]) -> str:
+    """A registry's names for a help string (argparse's `%` escaped)."""
+    return ", ".join(registered).replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m metaformer.bench`: every flag with its help, its default and its choices."""
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="python -m metaformer.bench",
+        description=doc.split("\n")[0],
+        epilog="examples:\n" + doc.split("\n\n")[1] + "\n\n" + doc.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--fast-precision",
-        choices=["auto", *AUTOCAST_DTYPES],
-        default="auto",
-        help="precision in --fast (auto: bf16 where native)",
-    )
-    p.add_argument("--timm-same", action="store_true", help="add timm with the fast path's settings")
-    p.add_argument("--no-timm", action="store_true", help="leave timm out")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=2, help="steps per contender per round")
+        "--model", default="poolformer_s12", choices=list_models(), metavar="NAME",
+        help="the preset to build (default: %(default)s; choices: %(choices)s)",
+    )  # fmt: skip
     p.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: time by this process's CPU time (with --threads 1, on a machine shared with other jobs)",
+        "--mixer", nargs="+", metavar="MIXER",
+        help="one token mixer for all stages, or one per stage "
+        f"(default: the preset's; registered: {names(list_mixers())})",
+    )  # fmt: skip
+    p.add_argument(
+        "--norm", metavar="NORM",
+        help=f"the norm layers (default: the preset's; registered: {names(list_norms())})",
+    )  # fmt: skip
+    p.add_argument(
+        "--act", metavar="ACT",
+        help=f"the channel MLP's activation (default: the preset's; registered: {names(list_acts())})",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default: the preset's, 224 for S12)")
+    p.add_argument(
+        "--mode", choices=["infer", "train", "both"], default="both",
+        help="time inference (forward), training steps, or both (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=list(AUTOCAST_DTYPES), default="fp32",
+        help="our model's precision, besides --fast (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--channels-last", action="store_true", help="our model in channels-last memory, besides --fast"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile our model, besides --fast")
+    p.add_argument(
+        "--fast", action="store_true", help="add a row: our model on the fast path (metaformer.fast)"
+    )
+    p.add_argument(
+        "--fast-compile", choices=["auto", "on", "off"], default="auto",
+        help="torch.compile in --fast (default: %(default)s: where a compiler is there)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fast-precision", choices=["auto", *AUTOCAST_DTYPES], default="auto",
+        help="precision in --fast (default: %(default)s: bf16 where native, else fp32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timm-same", action="store_true", help="add a row: timm's model with the fast path's settings"
+    )
+    p.add_argument("--no-timm", action="store_true", help="leave timm's model out")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda where there is one, else cpu; here %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps per contender first (default: %(default)s)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=5,
+        help="interleaved timed rounds; the figures are their medians (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--iters", type=int, default=2, help="steps per contender per round (default: %(default)s)"
+    )
+    p.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall time, or this process's CPU time (with --threads 1, on a machine shared with other jobs) "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights and inputs (default: %(default)s)"
+    )
     p.add_argument("--peak", action="store_true", help="also measure the device's matrix-product GFLOP/s")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="list each row's top N operators")
-    p.add_argument("--json", type=Path, help="write the figures to this file")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="list each row's top N operators (default: %(default)s: no profile)",
+    )  # fmt: skip
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the figures to FILE (default: print only)"
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (see build_parser)."""
+    return build_parser().parse_args(argv)
 
 
 def contenders(args: argparse.Namespace) -> tuple[list[Contender], int | None]:

@@ -4,7 +4,7 @@ The loop (`metaformer.engine.loop.train_one_epoch`, fed by the engine's in-memor
 augmentation) and a bare loop (forward, loss, backward, optimizer step over batches already in memory) train the
 same model in turn, A B A B; the ratio loop/bare says how much the data path and the loop's bookkeeping cost.
 
-    python -m metaformer.bench.loop                          # the main job's config: poolformer_cpu, Fashion-MNIST
+    python -m metaformer.bench.loop                          # the main job's config (conf/config.yaml)
     python -m metaformer.bench.loop trainer.precision=fp32 --batches 50 --rounds 3
 """
 
@@ -97,15 +97,34 @@ def bench(cfg: DictConfig, batches: int, rounds: int, device: str = "cpu") -> di
     }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m metaformer.bench.loop`: every flag with its help and default."""
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="python -m metaformer.bench.loop",
+        description=doc.split("\n")[0],
+        epilog="examples:\n" + doc.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="Hydra overrides, as for run.py (default: none: the main job's config)",
+    )  # fmt: skip
+    p.add_argument("--batches", type=int, default=100, help="steps per loop per round (default: %(default)s)")
+    p.add_argument(
+        "--rounds", type=int, default=3,
+        help="rounds of the two loops in turn; the ratio is their median (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores)")
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures to FILE (default: print only)"
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metaformer.bench.loop", description=__doc__.split("\n")[0])
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
-    p.add_argument("--batches", type=int, default=100, help="steps per loop per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     record = bench(load_config(args.overrides), args.batches, args.rounds, args.device)

@@ -129,21 +129,53 @@ def plot(df: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m metaformer.bench.scaling", description=__doc__.split("\n")[0])
-    p.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
-    p.add_argument("--sizes", nargs="+", type=int, default=[7, 14, 28, 56], help="feature-map sides")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
-    p.add_argument("--min-seconds", type=float, default=0.2, help="time at least this long per repetition")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m metaformer.bench.scaling`: every flag with its help and default."""
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="python -m metaformer.bench.scaling",
+        description=doc.split("\n")[0],
+        epilog="examples:\n" + doc.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--mixers", nargs="+", default=None, metavar="MIXER",
+        help=f"the token mixers to time (default: every registered one: {', '.join(list_mixers())})",
+    )  # fmt: skip
+    p.add_argument(
+        "--sizes", nargs="+", type=int, default=[7, 14, 28, 56], metavar="SIDE",
+        help="feature-map sides, in tokens (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--dim", type=int, default=64, help="channels of the block (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="feature maps per step (default: %(default)s)")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda where there is one, else cpu; here %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="timed repetitions; the figure is their median (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-seconds", type=float, default=0.2,
+        help="time at least this long per repetition (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--mixer-only", action="store_true", help="time the token mixer alone, not the whole block"
     )
-    p.add_argument("--out", type=Path, help="write scaling.md, scaling.csv and scaling.png here")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="write scaling.md, scaling.csv and scaling.png into DIR (default: print the table only)",
+    )  # fmt: skip
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (see build_parser)."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
