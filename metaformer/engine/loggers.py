@@ -3,7 +3,9 @@
 `metrics.csv` gets one row per epoch and survives resumes (rows past the checkpoint are dropped, new rows are
 appended). wandb logs the config, each epoch's row and the final results as its summary; without an API key it
 runs offline (`WANDB_MODE` wins when set), and jobs of one multirun share a wandb group named after the sweep.
-The console shows a progress bar on an interactive terminal and one plain line per epoch everywhere.
+The console shows a progress bar on an interactive terminal and one plain line per epoch everywhere; without a
+terminal (a pipe, a file, SLURM, a sweep) `ProgressLog` logs a progress line at a steady interval instead, so
+run.log and the job's output show that a long epoch is moving.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import netrc
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +112,73 @@ def progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(
         total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty())
     )
+
+
+# Seconds between progress lines without a terminal (`train_one_epoch(..., progress_interval_s=...)`).
+PROGRESS_INTERVAL_S = 30.0
+
+
+def format_duration(seconds: float) -> str:
+    """`0:41`, `12:05`, `1:02:03`: minutes and seconds, with hours when there are some."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressLog:
+    """A progress line through `logging` (the console and run.log) every `interval_s` seconds of a pass over
+    `total` batches: `epoch 2/4: batch 300/469 (64%), loss 0.512, 2700 img/s, eta 0:41`.
+
+    For when no progress bar is shown: off (no lines, no clock reads) when `interval_s` is None or <= 0.
+    `start` is the batch the pass begins at (a resumed epoch's), `scale` multiplies this process's images into
+    the images/s of the whole job (the number of processes under DDP), and `clock` is the time source (tests
+    give a fake one).
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int | None,
+        interval_s: float | None = PROGRESS_INTERVAL_S,
+        start: int = 0,
+        scale: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.desc, self.total, self.start, self.scale = desc, total, start, scale
+        self.enabled = interval_s is not None and interval_s > 0
+        self.interval_s = interval_s or 0.0
+        self.clock, self.logger = clock, logger
+        self.began = clock() if self.enabled else 0.0
+        self.next_at = self.began + self.interval_s
+
+    def update(self, batch: int, images: int, loss: Callable[[], float] | None = None) -> str | None:
+        """After `batch` batches (1-based, counting from the pass's first, resumed ones included) and `images`
+        images since this object was made: log a line if the interval has passed, and return it (else None).
+        `loss` is called only then (it may synchronise with the device)."""
+        if not self.enabled:
+            return None
+        now = self.clock()
+        if now < self.next_at or (self.total is not None and batch >= self.total):
+            return None  # the pass's last batch is followed by its own summary line
+        self.next_at = now + self.interval_s
+        elapsed = now - self.began
+        parts = [
+            f"batch {batch}/{self.total} ({100 * batch / self.total:.0f}%)"
+            if self.total
+            else f"batch {batch}"
+        ]
+        if loss is not None:
+            parts.append(f"loss {loss():.4g}")
+        if elapsed > 0:
+            parts.append(f"{images * self.scale / elapsed:.0f} img/s")
+            done = batch - self.start
+            if self.total and done > 0:
+                parts.append(f"eta {format_duration((self.total - batch) * elapsed / done)}")
+        line = f"{self.desc}: {', '.join(parts)}"
+        self.logger.info(line)
+        return line
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
