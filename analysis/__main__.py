@@ -1,5 +1,9 @@
 """`python -m analysis PATH [PATH ...]`: print the ablation table of the runs under PATH, optionally write files.
 
+`python -m analysis replay PATH ...` replays the sequential rule (analysis.sequential) on a recorded study and
+`python -m analysis simulate [PATH ...]` measures its error and power on drawn numbers (analysis.simulate); a
+first argument naming an existing file or folder is always a PATH.
+
 Reading, grouping and rendering live in `collect`, `table`, `plots` and `report`; this module only parses the
 command line, prints, and turns input errors into one line on stderr and exit status 2.
 """
@@ -8,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from analysis.collect import AnalysisError, collect_runs
 from analysis.report import write_report
+from analysis.stats import DEFAULT_MARGIN
 from analysis.table import DEFAULT_BASELINES, FORMATS, ablation_table, render, render_excluded
 from metaformer.errors import report, run_main
 
@@ -36,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="the row to compare against, by label or ablation name (default: 'baseline', else 'default', else none)",
     )
+    _margin_option(parser)
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -45,12 +52,165 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MARGIN_HELP = (
+    "equivalence margin in points of top-1 (default {default:g}): a row whose adjusted interval lies inside "
+    "±margin is 'equivalent'. {default:g} is about one configuration's seed-to-seed spread in the recorded studies "
+    "(0.2-0.6) and below the smallest changes the MetaFormer paper reports (0.1-0.8 points count as changes "
+    "there); 0 turns equivalence off"
+)
+
+
+def _margin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        metavar="POINTS",
+        help=MARGIN_HELP.format(default=DEFAULT_MARGIN),
+    )
+
+
+def _design_options(parser: argparse.ArgumentParser) -> None:
+    _margin_option(parser)
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error (default 0.05)")
+    parser.add_argument("--looks", type=int, default=3, help="most looks per row (default 3)")
+    parser.add_argument("--first", type=int, default=3, help="paired seeds at the first look (default 3)")
+    parser.add_argument("--step", type=int, default=1, help="seeds added per look (default 1)")
+    parser.add_argument(
+        "--spending", choices=("pocock", "obf"), default="pocock", help="alpha over looks (default pocock)"
+    )
+    parser.add_argument(
+        "--futility",
+        type=float,
+        default=0.1,
+        help="stop a row whose chance to be decided by the last look is below this (default 0.1; 0: never)",
+    )
+
+
+def _design(args: argparse.Namespace):
+    from analysis.sequential import Design
+
+    return Design(
+        margin=args.margin,
+        alpha=args.alpha,
+        max_looks=args.looks,
+        first=args.first,
+        step=args.step,
+        spending=args.spending,
+        futility=args.futility,
+    )
+
+
+def build_replay_parser() -> argparse.ArgumentParser:
+    """Return the parser of `python -m analysis replay`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis replay",
+        description="Replay the sequential rule on a recorded study (seeds taken in ascending order): when each "
+        "row would have stopped, with which outcome, and how many runs it would have used against the fixed grid.",
+    )
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="run folders, multirun folders or a runs CSV"
+    )
+    parser.add_argument(
+        "--baseline", default="baseline", metavar="LABEL", help="the baseline row (default: baseline)"
+    )
+    _design_options(parser)
+    return parser
+
+
+def build_simulate_parser() -> argparse.ArgumentParser:
+    """Return the parser of `python -m analysis simulate`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis simulate",
+        description="Measure the sequential rule's family-wise error (no effect; the equivalence boundary) and its "
+        "power (Δ = --effect) on numbers drawn with the spreads of a recorded study (or --sd), no training.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="a recorded study for the spreads")
+    parser.add_argument(
+        "--baseline", default="baseline", metavar="LABEL", help="the baseline row (default: baseline)"
+    )
+    parser.add_argument(
+        "--sd", type=float, help="one spread of the paired differences for every row, instead"
+    )
+    parser.add_argument("--rows", type=int, default=22, help="rows with --sd (default 22)")
+    parser.add_argument(
+        "--studies", type=int, default=1000, help="simulated studies per scenario (default 1000)"
+    )
+    parser.add_argument("--effect", type=float, default=1.0, help="Δ of the power scenario (default 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _design_options(parser)
+    return parser
+
+
+def replay_main(argv: list[str]) -> int:
+    """`python -m analysis replay`: print the replay table and the run counts."""
+    from analysis.sequential import render_replay, replay
+
+    args = build_replay_parser().parse_args(argv)
+    try:
+        design = _design(args)
+        runs = collect_runs(args.paths)
+        replayed = replay(runs, baseline=args.baseline, design=design)
+    except AnalysisError as e:
+        report(e, prog="")
+        return 2
+    print(render_replay(replayed))
+    return 0
+
+
+def simulate_main(argv: list[str]) -> int:
+    """`python -m analysis simulate`: print the error and power of the sequential rule and of the fixed grid."""
+    import numpy as np
+
+    from analysis.sequential import Design
+    from analysis.simulate import recorded_spreads, render_simulation, simulate
+
+    args = build_simulate_parser().parse_args(argv)
+    try:
+        design = _design(args)
+        if args.studies < 1:
+            raise AnalysisError(f"--studies {args.studies} must be at least 1")
+        if args.sd is not None:
+            if not args.sd > 0 or args.rows < 1:
+                raise AnalysisError("--sd must be above 0 and --rows at least 1")
+            spreads = np.full(args.rows, args.sd)
+        elif args.paths:
+            spreads = recorded_spreads(collect_runs(args.paths), args.baseline, design.cap)
+            if not np.isfinite(spreads).all():
+                raise AnalysisError("a row has fewer than two paired seeds: no spread to take; pass --sd")
+        else:
+            raise AnalysisError("give a recorded study (PATH) for the spreads, or --sd POINTS")
+    except AnalysisError as e:
+        report(e, prog="")
+        return 2
+    print("Sequential rule:\n")
+    print(
+        render_simulation(
+            simulate(spreads, design, args.studies, args.effect, args.seed), spreads, design, args.studies
+        )
+    )
+    fixed = Design(margin=design.margin, alpha=design.alpha, max_looks=1, first=design.cap, futility=0.0)
+    print(f"\nFixed grid ({design.cap} seeds every row, one look), for reference:\n")
+    print(
+        render_simulation(
+            simulate(spreads, fixed, args.studies, args.effect, args.seed), spreads, fixed, args.studies
+        )
+    )
+    return 0
+
+
+COMMANDS = {"replay": replay_main, "simulate": simulate_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 cannot write --out, 2 bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS and not Path(argv[0]).exists():
+        return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         runs = collect_runs(args.paths)
-        table = ablation_table(runs, baseline=args.baseline)
+        table = ablation_table(runs, baseline=args.baseline, margin=args.margin)
     except AnalysisError as e:
         report(e, prog="")
         return 2
@@ -58,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if excluded := render_excluded(runs, args.format):
         # CSV on stdout stays machine-readable: the list (CSV too, under a "# " title) goes to stderr.
         print("\n" + excluded, file=sys.stderr if args.format == "csv" else sys.stdout)
-    if not table["is_baseline"].any():
+    if not table["is_baseline"].any() and args.format == "csv":
+        # The markdown, LaTeX and HTML output say it in their summary; bare CSV has no summary to say it in.
         print(
             f"note: no row labelled {' or '.join(map(repr, DEFAULT_BASELINES))}: no Δ column; "
             "pass --baseline LABEL to compare against a row",

@@ -7,10 +7,17 @@ configuration when the run has no ablation `label`. A folder without `results.js
 writing it or is still running: it is kept with status "incomplete", so that tables list it instead of dropping
 it. A CSV file (a `runs.csv` written by `python -m analysis --out`, or a wandb export whose columns are
 results.json keys) can stand in for run folders, e.g. to redo the analysis on a laptop.
+
+One (configuration, seed) pair is one observation: the same command run twice trains the same model on the same
+data order, so two runs of it are not two samples of the noise. When a configuration has several completed runs
+of one seed, the newest is kept (largest results.json modification time, `results_mtime`; runs without one, as in
+a CSV that lacks the column, count as older, and ties go to the last in folder order) and the others are left out
+of the averages with status "completed", `duplicate_of` naming the kept run's folder and a `problem` saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,6 +46,7 @@ NUMERIC_COLUMNS = (
     "paper_top1",
     "seed",
     "epochs_logged",
+    "results_mtime",
 )
 # Columns every runs DataFrame has, in this order; results.json's other keys follow them.
 LEADING_COLUMNS = (
@@ -62,6 +70,7 @@ LEADING_COLUMNS = (
     "epochs_logged",
     "problem",
     "folder",
+    "duplicate_of",
 )
 # wandb's CSV export names a run's state in a "State" column with its own words.
 WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed", "killed": "preempted"}
@@ -149,6 +158,9 @@ def read_run(folder: str | os.PathLike) -> dict:
     overrides = _read_overrides(folder / ".hydra" / "overrides.yaml")
     record: dict = {}
     results_path = folder / "results.json"
+    if results_path.is_file():
+        with contextlib.suppress(OSError):
+            record["results_mtime"] = results_path.stat().st_mtime
     if not results_path.is_file():
         record.update(
             status="incomplete", problem="no results.json: still running, or crashed before writing it"
@@ -225,8 +237,37 @@ def _finish(runs: pd.DataFrame) -> pd.DataFrame:
     runs["usable"] = runs["status"].eq("completed") & has_top1
     no_top1 = runs["status"].eq("completed") & ~has_top1
     runs.loc[no_top1, "problem"] = "status completed but top1 is missing or not finite"
+    _drop_repeated_seeds(runs)
     rest = [c for c in runs.columns if c not in LEADING_COLUMNS]
     return runs[list(LEADING_COLUMNS) + rest]
+
+
+def _drop_repeated_seeds(runs: pd.DataFrame) -> None:
+    """Keep one usable run per (configuration, data, model, seed), the newest; mark the others (in place)."""
+    runs["duplicate_of"] = runs["duplicate_of"].astype(object)
+    usable = runs[runs["usable"] & runs["seed"].notna()]
+    key = ["config", "data", "model", "seed"]
+    repeated = usable[usable.duplicated(key, keep=False)]
+    if repeated.empty:
+        return
+    # Oldest first, the folder order breaking ties: the last of each group is the one kept.
+    ordered = repeated.assign(
+        _mtime=repeated["results_mtime"].fillna(-np.inf), _order=np.arange(len(repeated))
+    ).sort_values(["_mtime", "_order"], kind="stable")
+    for _, group in ordered.groupby(key, dropna=False, sort=False):
+        kept = group.index[-1]
+        dropped = group.index[:-1]
+        folder = runs.at[kept, "folder"]
+        runs.loc[dropped, "usable"] = False
+        runs.loc[dropped, "duplicate_of"] = folder
+        runs.loc[dropped, "problem"] = (
+            f"repeat of seed {_seed_text(runs.at[kept, 'seed'])} of this configuration: one run per "
+            f"(configuration, seed) counts, the newest is kept: {folder}"
+        )
+
+
+def _seed_text(seed: float) -> str:
+    return str(int(seed)) if float(seed).is_integer() else str(seed)
 
 
 def collect_runs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -1,13 +1,14 @@
 """Plots of an ablation table, written as PNG files with matplotlib's Agg renderer (no screen needed).
 
-- `plot_delta_vs_baseline`: each row's Δ to its baseline with the 95% CI, in table order, coloured by whether it
-  is resolved. A row far off the others' scale (a collapse at chance) would squeeze every other row into a few
+- `plot_delta_vs_baseline`: each row's Δ to its baseline with its adjusted interval (the one the outcome is read
+  off), in table order, coloured by outcome (better, worse, equivalent, undecided), the ±margin band shaded. A row far off the others' scale (a collapse at chance) would squeeze every other row into a few
   pixels, so the axis is clipped to the rest and such rows are drawn at the edge with their value written out.
 - `plot_delta_vs_paper`: our Δ against the paper's Δ, one numbered point per row with a paper number, our CI as
   the error bar, the y = x line (reproduced) and the zero lines; both axes symmetric-log (linear within ±1 point)
   so a -70 point collapse and a 0.3 point nuance both stay readable.
-- `plot_top1_vs_gmacs`: top-1 against cost, numbered points, a collapsed row drawn at the bottom edge with its
-  value instead of stretching the axis.
+- `plot_top1_vs_gmacs`: top-1 against cost, numbered points with their 95% CI bars in the point's colour, the
+  axis fitted to the bars unless they are far wider than the spread of the means (then a clipped bar ends in an
+  arrow at the frame), a collapsed row drawn at the bottom edge with its value instead of stretching the axis.
 Points carry numbers placed where they overlap nothing, and a key beside the plot names them: full labels of
 twenty rows at three MAC values cannot be placed without overlap. Figures are built with
 `matplotlib.figure.Figure`, not pyplot, so no global state or GUI backend is involved.
@@ -30,13 +31,21 @@ from matplotlib.transforms import Bbox
 from analysis.collect import AnalysisError
 from analysis.table import varies
 
-RESOLVED_UP, RESOLVED_DOWN, UNRESOLVED = "tab:green", "tab:red", "tab:gray"
+OUTCOME_COLORS = {
+    "better": "tab:green",
+    "worse": "tab:red",
+    "equivalent": "tab:blue",
+    "undecided": "tab:gray",
+}
 VERDICT_COLORS = {
     "agrees": "tab:green",
     "opposite": "tab:red",
     "not resolved": "tab:gray",
     "paper: no change": "tab:orange",
+    "paper: change": "tab:purple",
+    "paper: within margin": "tab:cyan",
 }
+KEY_LINE_PT = 11  # the key's line height, in points
 # A row is off scale when its extent is this many times the largest extent of the rows that stay on scale.
 OFF_SCALE_RATIO = 4.0
 
@@ -123,21 +132,28 @@ def _place_labels(ax: Axes, points: list[tuple[float, float]], texts: list[str],
 
 
 def _key(ax: Axes, numbers: list[int], names: list[str], colors: list[str], title: str) -> None:
-    """Write the numbers' names as a column of text in `ax` (an axes kept for it, axis off)."""
+    """Write the numbers' names as a column of text from the top of `ax` (an axes kept for it, axis off), one
+    line every KEY_LINE_PT points, so the key takes the room its lines need."""
     ax.set_axis_off()
     ax.set_title(title, fontsize=8, loc="left")
-    rows = len(names)
     for i, (number, name, color) in enumerate(zip(numbers, names, colors, strict=True)):
-        ax.text(0, 1 - (i + 0.5) / max(rows, 16), f"{number:>2}  {name}", fontsize=7, color=color, va="center",
-                transform=ax.transAxes, family="monospace")  # fmt: skip
+        ax.annotate(f"{number:>2}  {name}", (0, 1), xycoords="axes fraction", xytext=(0, -KEY_LINE_PT * (i + 0.5)),
+                    textcoords="offset points", fontsize=7, color=color, va="center", family="monospace",
+                    annotation_clip=False)  # fmt: skip
 
 
-def _figure(rows: int, with_key: bool) -> tuple[Figure, Axes, Axes | None]:
-    fig = Figure(figsize=(10 if with_key else 7, max(5.5, 0.22 * rows + 1.5)), layout="constrained")
-    FigureCanvasAgg(fig)
+def _figure(rows: int, with_key: bool, names: list[str] | None = None) -> tuple[Figure, Axes, Axes | None]:
+    """A figure with the plot and, when `with_key`, a key column as wide as its longest line (7 pt monospace)."""
+    height = max(4.5, KEY_LINE_PT * rows / 72 + 1.6) if with_key else 4.5
     if not with_key:
+        fig = Figure(figsize=(7, height), layout="constrained")
+        FigureCanvasAgg(fig)
         return fig, fig.add_subplot(), None
-    ax, key = fig.subplots(1, 2, width_ratios=[2, 1])
+    longest = max((len(n) for n in names or []), default=10) + 4
+    key_width = min(max(0.06 * longest, 1.4), 4.5)  # inches: about 0.06 in per 7 pt monospace character
+    fig = Figure(figsize=(6.5 + key_width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, key = fig.subplots(1, 2, width_ratios=[6.5, key_width])
     return fig, ax, key
 
 
@@ -145,7 +161,9 @@ def plot_top1_vs_gmacs(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write top-1 vs MACs, one numbered point per configuration (95% CI bars) and a key, to `path`."""
     rows = table.assign(name=_names(table))
     rows = rows[(rows["n"] > 0) & rows["gmacs"].notna()].reset_index(drop=True)
-    fig, ax, key = _figure(len(rows), with_key=not rows.empty)
+    off = ~on_scale(np.abs(rows["top1_mean"] - rows["top1_mean"].median()).to_numpy(dtype=float))
+    longest = [f"{n} (00.0, off scale)" if o else n for n, o in zip(rows["name"], off, strict=True)]
+    fig, ax, key = _figure(len(rows), with_key=not rows.empty, names=longest)
     if rows.empty:
         ax.text(0.5, 0.5, "no completed run with MACs", ha="center", va="center", transform=ax.transAxes)
     else:
@@ -158,24 +176,26 @@ def plot_top1_vs_gmacs(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         color_of = {g: cycle[i % 10] for i, g in enumerate(dict.fromkeys(groups))}
         colors = [color_of[g] for g in groups]
         inside = rows[keep]
-        ax.errorbar(
-            inside["gmacs"],
-            mean[keep],
-            yerr=[mean[keep] - low[keep], high[keep] - mean[keep]],
-            fmt="none",
-            ecolor="0.75",
-            elinewidth=0.8,
-            capsize=2,
-        )
+        # The axis takes the bars in, unless they are far wider than the spread of the means (two or three seeds
+        # give wide intervals): then it follows the means and a clipped bar ends in an arrow at the frame.
+        bottom, top = mean[keep].min(), mean[keep].max()
+        pad = 0.12 * max(top - bottom, 0.5)
+        reach_low, reach_high = low[keep].min(), high[keep].max()
+        if (reach_high - reach_low) <= 3 * max(top - bottom + 2 * pad, 0.5):
+            bottom, top = min(bottom, reach_low), max(top, reach_high)
+            pad = 0.06 * max(top - bottom, 0.5)
+        edge = bottom - 2 * pad
+        y_low, y_high = (edge - pad if (~keep).any() else bottom - pad), top + pad
+        for i in np.flatnonzero(keep):
+            lo, hi = max(low[i], y_low), min(high[i], y_high)
+            ax.plot([rows["gmacs"][i]] * 2, [lo, hi], color=colors[i], alpha=0.55, linewidth=1.2, zorder=2)
+            for end, clipped, marker in ((lo, low[i] < y_low, "v"), (hi, high[i] > y_high, "^")):
+                ax.plot([rows["gmacs"][i]], [end], marker=marker if clipped else "_", color=colors[i], alpha=0.7,
+                        markersize=6 if clipped else 7, zorder=2, clip_on=False)  # fmt: skip
         ax.scatter(
             inside["gmacs"], mean[keep], c=[c for c, k in zip(colors, keep, strict=True) if k], s=18, zorder=3
         )
-        # The axis follows the means: CIs of two or three seeds can be wider than every difference in the table,
-        # and an axis fitted to them would crowd the points; their bars run off the frame instead.
-        bottom, top = mean[keep].min(), mean[keep].max()
-        pad = 0.12 * max(top - bottom, 0.5)
-        edge = bottom - 2 * pad
-        ax.set_ylim(edge - pad if (~keep).any() else bottom - pad, top + pad)
+        ax.set_ylim(y_low, y_high)
         for i in np.flatnonzero(~keep):  # off scale: a marker at the edge, the value written out
             ax.scatter([rows["gmacs"][i]], [edge], marker="v", c=[colors[i]], s=30, zorder=3)
             ax.annotate(f"{mean[i]:.2f}% (off scale)", (rows["gmacs"][i], edge), xytext=(0, -8),
@@ -193,7 +213,10 @@ def plot_top1_vs_gmacs(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     ax.set_xlabel("MACs (G)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(
-        _title("top-1 vs MACs (mean over seeds; bars: 95% CI, may run off the frame)", table), fontsize=9
+        _title(
+            "top-1 vs MACs (mean over seeds; bars: 95% CI, an arrow where one is cut at the frame)", table
+        ),
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
@@ -213,16 +236,15 @@ def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path
     low = rows["delta_ci_low"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
     high = rows["delta_ci_high"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
     keep = on_scale(np.maximum(np.abs(low), np.abs(high)))
-    limit = 1.08 * max(np.abs(low[keep]).max(), np.abs(high[keep]).max(), 0.1)
+    margin = float(table.attrs.get("margin", 0.0))
+    limit = 1.08 * max(np.abs(low[keep]).max(), np.abs(high[keep]).max(), margin, 0.1)
     fig = Figure(figsize=(8, 1.6 + 0.3 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     y = np.arange(len(rows))
-    resolved = rows["resolved"].astype(bool).to_numpy()
-    colors = [
-        (RESOLVED_UP if d > 0 else RESOLVED_DOWN) if r else UNRESOLVED
-        for d, r in zip(delta, resolved, strict=True)
-    ]
+    colors = [OUTCOME_COLORS.get(o, OUTCOME_COLORS["undecided"]) for o in rows["outcome"]]
+    if margin > 0:
+        ax.axvspan(-margin, margin, color=OUTCOME_COLORS["equivalent"], alpha=0.1, linewidth=0)
     for i in range(len(rows)):
         if keep[i]:
             ax.errorbar(delta[i], y[i], xerr=[[delta[i] - low[i]], [high[i] - delta[i]]], fmt="o",
@@ -248,17 +270,19 @@ def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path
         ax.text(1.01, (start + end - 1) / 2, groups[start], transform=ax.get_yaxis_transform(), fontsize=7,
                 style="italic", color="0.3", va="center")  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"top-1 difference to {baseline} (points), 95% CI")
-    legend = [
-        ax.scatter([], [], color=c, label=text)
-        for c, text in (
-            (RESOLVED_UP, "resolved, up"),
-            (RESOLVED_DOWN, "resolved, down"),
-            (UNRESOLVED, "not resolved"),
+    level = table.attrs.get("level")
+    level_text = f"{100 * level:.2f}% CI (Bonferroni-adjusted)" if level else "adjusted CI"
+    ax.set_xlabel(f"top-1 difference to {baseline} (points), {level_text}")
+    legend = [ax.scatter([], [], color=c, label=o) for o, c in OUTCOME_COLORS.items()]
+    if margin > 0:
+        from matplotlib.patches import Patch
+
+        legend.append(
+            Patch(color=OUTCOME_COLORS["equivalent"], alpha=0.1, label=f"±{margin:g} (equivalence margin)")
         )
-    ]
-    fig.legend(handles=legend, fontsize=7, loc="outside lower center", ncols=3, title="Holm-corrected, 5%",
-               title_fontsize=7)  # fmt: skip
+    alpha = table.attrs.get("alpha", 0.05)
+    fig.legend(handles=legend, fontsize=7, loc="outside lower center", ncols=len(legend),
+               title=f"outcome (family-wise error {alpha:.0%})", title_fontsize=7)  # fmt: skip
     ax.set_title(_title("Δ top-1 vs baseline", table), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=120)
@@ -274,7 +298,8 @@ def plot_delta_vs_paper(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise AnalysisError(
             "no row has both a Δ of ours and a paper Δ; the table needs paper_top1 and a baseline"
         )
-    fig, ax, key = _figure(len(rows), with_key=True)
+    names = [f"{n} ({v})" for n, v in zip(rows["name"], rows["verdict"], strict=True)]
+    fig, ax, key = _figure(len(rows), with_key=True, names=names)
     ours = rows["delta_vs_baseline"].to_numpy(dtype=float)
     paper = rows["paper_delta"].to_numpy(dtype=float)
     low = rows["delta_ci_low"].fillna(rows["delta_vs_baseline"]).to_numpy(dtype=float)
@@ -297,10 +322,9 @@ def plot_delta_vs_paper(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     numbers = list(range(1, len(rows) + 1))
     _place_labels(ax, list(zip(paper, ours, strict=True)), [str(n) for n in numbers], colors)
-    names = [f"{n} ({v})" for n, v in zip(rows["name"], rows["verdict"], strict=True)]
     _key(key, numbers, names, colors, "rows (colour: verdict)")
     ax.set_xlabel("paper Δ top-1 (points, symlog: linear within ±1)")
-    ax.set_ylabel("our Δ top-1 with 95% CI (points, symlog)")
+    ax.set_ylabel("our Δ top-1 with adjusted CI (points, symlog)")
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(_title("our Δ vs the paper's Δ, each to its baseline", table), fontsize=9)
     ax.grid(alpha=0.3)

@@ -1,12 +1,24 @@
-"""The statistics of an ablation table: confidence intervals, tests against the baseline, Holm, seeds needed.
+"""The statistics of an ablation table: confidence intervals, tests against the baseline, outcomes, seeds needed.
 
-The unit is the seed: one run per seed gives one top-1. Two rows that ran the same seeds share the seed's
-initialisation and data order, so their difference is tested paired by seed (`scipy.stats.ttest_rel`), which
-cancels the part of the noise both runs share; rows without at least two shared seeds are compared with Welch's
-t-test (`scipy.stats.ttest_ind(equal_var=False)`). Every interval is 95% and every test two-sided at 5%; the
-p-values of a table are Holm-corrected over its rows, so "resolved" holds for the table as a whole, not for one
-row picked after looking. The seeds-needed figure is a power calculation (noncentral t from scipy.stats) that
-takes the observed difference and spread as the truth: an estimate of the order of magnitude, not a promise.
+The unit is the seed: one run per seed gives one top-1 (repeated runs of one seed are one observation; the table
+keeps one, see `analysis.collect`). Two rows that ran the same seeds share the seed's initialisation and data
+order, so their difference is tested paired by seed (`scipy.stats.ttest_rel`), which cancels the part of the noise
+both runs share; rows without at least two shared seeds are compared with Welch's t-test
+(`scipy.stats.ttest_ind(equal_var=False)`).
+
+Every row gets one of four outcomes, all read off one interval per row: **better** (the interval lies above 0),
+**worse** (below 0), **equivalent** (inside ±margin: two one-sided tests, TOST) or **undecided**. The interval of
+each of the m rows tested is a Bonferroni-adjusted one, at level 1 - alpha/m, so all m intervals hold together
+with probability at least 1 - alpha whatever the rows' correlation (they share the baseline), and every claim
+made from them (a difference, its sign, an equivalence) is wrong for some row with probability at most alpha:
+the family-wise error covers the three kinds of claim at once. The interval excludes 0 exactly when the
+Bonferroni-adjusted two-sided p is below alpha, and lies inside ±margin exactly when the adjusted TOST p
+(2 m p_TOST) is, so interval, p and outcome cannot disagree. Holm's step-down is not used for the outcomes: with
+equivalence claims every row can carry a true claim, and then Holm's later, laxer steps no longer bound the error
+of a wrong sign (two rows at Δ = 0, both equivalent, tested at alpha/2 and alpha: up to 1.5 alpha).
+
+The seeds-needed figure is a power calculation (noncentral t from scipy.stats) that takes the observed difference
+and spread as the truth: an estimate of the order of magnitude, not a promise.
 """
 
 from __future__ import annotations
@@ -28,6 +40,12 @@ BOOTSTRAP_MIN_N = 20
 MAX_SEEDS = 1000  # seeds-needed estimates beyond this are reported as infinite
 SAME_DIFFERENCE = 1e-9  # paired differences closer than this (in top-1 points) are the same difference
 NO_SPREAD = "none: equal differences"  # the test column of a paired row whose differences are all the same
+# The default equivalence margin, in points of top-1: a difference smaller than this is "equivalent". Half a point
+# is about the seed-to-seed spread of one configuration's top-1 in the recorded studies (experiments/mini: 0.2 to
+# 0.6) and below the smallest non-zero differences the MetaFormer paper reports for its ablations (0.1 to 0.8
+# points are reported as changes there, so a margin beyond 0.5 would call some of them "no change").
+DEFAULT_MARGIN = 0.5
+OUTCOMES = ("better", "worse", "equivalent", "undecided")
 
 
 @dataclass(frozen=True)
@@ -55,11 +73,38 @@ class Comparison:
     n_pairs: int = 0
     sd: float = math.nan
     sd_base: float = math.nan
+    se: float = math.nan  # the standard error of Δ the test used
+    df: float = math.nan  # and its degrees of freedom
 
     @property
     def paired(self) -> bool:
         """Whether the test paired the runs by seed."""
         return self.n_pairs > 0
+
+    @property
+    def tested(self) -> bool:
+        """Whether there was a spread to test against (else no interval, no p, no outcome but undecided)."""
+        return math.isfinite(self.se) and self.se > 0 and math.isfinite(self.df)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """Return the two-sided t interval of Δ at confidence `level` (NaN bounds without a test)."""
+        if not self.tested:
+            return math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.se
+        return self.delta - half, self.delta + half
+
+    def p_equivalence(self, margin: float) -> float:
+        """Return the TOST p-value of |Δ| < margin: the larger of the two one-sided p-values (NaN without a test).
+
+        H0: Δ <= -margin against Δ > -margin, and H0: Δ >= margin against Δ < margin; the same t statistics as
+        `scipy.stats.ttest_1samp(differences, -margin, alternative="greater")` and
+        `ttest_1samp(differences, margin, alternative="less")` for paired runs.
+        """
+        if not self.tested:
+            return math.nan
+        lower = stats.t.sf((self.delta + margin) / self.se, self.df)
+        upper = stats.t.cdf((self.delta - margin) / self.se, self.df)
+        return float(max(lower, upper))
 
 
 def mean_interval(values: np.ndarray) -> Interval:
@@ -120,20 +165,25 @@ def compare(row: pd.Series, base: pd.Series) -> Comparison:
                 "paired t",
                 n_pairs=len(shared),
                 sd=float(diff.std(ddof=1)),
+                se=float(diff.std(ddof=1) / math.sqrt(len(diff))),
+                df=float(result.df),
             )
         delta = float(row.mean() - base.mean())
         if len(row) < 2 or len(base) < 2:
             return Comparison(delta, math.nan, math.nan, math.nan, f"none (n={min(len(row), len(base))})")
         result = stats.ttest_ind(row.to_numpy(), base.to_numpy(), equal_var=False)
         ci = result.confidence_interval(CONFIDENCE)
+    sd, sd_base = float(row.std(ddof=1)), float(base.std(ddof=1))
     return Comparison(
         delta,
         float(ci.low),
         float(ci.high),
         float(result.pvalue),
         "Welch t",
-        sd=float(row.std(ddof=1)),
-        sd_base=float(base.std(ddof=1)),
+        sd=sd,
+        sd_base=sd_base,
+        se=math.sqrt(sd**2 / len(row) + sd_base**2 / len(base)),
+        df=float(result.df),
     )
 
 
@@ -180,15 +230,82 @@ def seeds_needed(
     return float(n[enough[0]]) if enough.size else math.inf
 
 
-def verdict(resolved: bool, delta: float, paper_delta: float) -> str | None:
-    """Return how a row's Δ stands to the paper's: agrees, opposite, not resolved; None without a paper Δ.
+def seeds_needed_equivalence(
+    delta: float,
+    sd: float,
+    margin: float,
+    sd_base: float | None = None,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> float:
+    """Return the seeds per row for `power` to show |Δ| < margin with the interval at level 1 - alpha, as an estimate.
 
-    A paper Δ that rounds to 0.0 has no sign to agree with: a resolved Δ there is "paper: no change".
+    The row is equivalent when the two-sided (1 - alpha) interval lies inside ±margin, i.e. both one-sided tests at
+    alpha/2 reject; their joint power is bounded below by P1 + P2 - 1 (noncentral t), which is what is used.
+    Paired when `sd_base` is None, else Welch with equal seeds in both rows. NaN when the spread is unknown,
+    infinity when |Δ| >= margin (equivalence is then false) or beyond MAX_SEEDS.
+    """
+    if not (math.isfinite(delta) and math.isfinite(sd) and margin > 0) or (
+        sd_base is not None and not math.isfinite(sd_base)
+    ):
+        return math.nan
+    if abs(delta) >= margin:
+        return math.inf
+    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
+    if sd_base is None:
+        variance, df = sd**2, n - 1
+    else:
+        variance = sd**2 + sd_base**2
+        df = (n - 1) * variance**2 / (sd**4 + sd_base**4) if variance > 0 else 2 * (n - 1)
+    if variance == 0:
+        return 2.0
+    se = np.sqrt(variance / n)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    above = stats.nct.sf(critical, df, (delta + margin) / se)  # the lower test rejects Δ <= -margin
+    below = stats.nct.cdf(-critical, df, (delta - margin) / se)  # the upper test rejects Δ >= margin
+    achieved = above + below - 1
+    enough = np.flatnonzero(achieved >= power)
+    return float(n[enough[0]]) if enough.size else math.inf
+
+
+def outcome(low: float, high: float, margin: float) -> str:
+    """Return what an interval of Δ decides: better (above 0), worse (below 0), equivalent (inside ±margin),
+    undecided (none of these, or no interval). A small but sure difference inside the margin is better/worse."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "undecided"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    if -margin < low and high < margin:
+        return "equivalent"
+    return "undecided"
+
+
+def bonferroni(pvalues: np.ndarray, factor: float | None = None) -> np.ndarray:
+    """Return the p-values multiplied by `factor` (default: how many are not NaN), capped at 1; NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    m = int(np.count_nonzero(~np.isnan(p))) if factor is None else factor
+    return np.minimum(p * max(m, 1), 1.0)
+
+
+def verdict(decided: str, delta: float, paper_delta: float, margin: float = DEFAULT_MARGIN) -> str | None:
+    """Return how a row's outcome stands to the paper's Δ; None without a paper Δ.
+
+    better/worse: "agrees" with the paper's sign, "opposite" against it, "paper: no change" where the paper's Δ
+    rounds to 0.0 (no sign to agree with). equivalent: "agrees" where the paper saw no change (Δ 0.0), "paper:
+    change" where the paper's Δ is a margin or more (we rule out what it reported), "paper: within margin" in
+    between (the paper's change is smaller than what we can rule out). undecided: "not resolved".
     """
     if paper_delta is None or not math.isfinite(paper_delta):
         return None
-    if not resolved:
+    no_change = abs(paper_delta) < 0.05
+    if decided == "equivalent":
+        if no_change:
+            return "agrees"
+        return "paper: change" if abs(paper_delta) >= margin else "paper: within margin"
+    if decided not in ("better", "worse"):
         return "not resolved"
-    if abs(paper_delta) < 0.05:
+    if no_change:
         return "paper: no change"
     return "agrees" if np.sign(delta) == np.sign(paper_delta) else "opposite"

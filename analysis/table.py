@@ -34,18 +34,22 @@ from analysis.collect import AnalysisError, shared_overrides
 from analysis.stats import (
     ALPHA,
     BOOTSTRAP_MIN_N,
+    DEFAULT_MARGIN,
     MAX_SEEDS,
+    OUTCOMES,
     POWER,
+    bonferroni,
     compare,
-    holm,
     mean_interval,
+    outcome,
     seeds_needed,
+    seeds_needed_equivalence,
     verdict,
 )
 
 FORMATS = ("markdown", "latex", "csv", "html")
 DEFAULT_BASELINES = ("baseline", "default")
-TEXT_COLUMNS = ("label", "data", "model", "group", "test", "resolved", "verdict")
+TEXT_COLUMNS = ("label", "data", "model", "group", "test", "outcome", "verdict")
 EXCLUDED_COLUMNS = [
     "label",
     "seed",
@@ -83,8 +87,8 @@ def _baseline_mask(table: pd.DataFrame, baseline: str | None) -> pd.Series:
     )
 
 
-def _statistics(table: pd.DataFrame, top1: list[pd.Series]) -> pd.DataFrame:
-    """Add the intervals, the tests against each row's baseline, Holm, the verdict and the seeds needed.
+def _statistics(table: pd.DataFrame, top1: list[pd.Series], margin: float, alpha: float) -> pd.DataFrame:
+    """Add the intervals, the tests against each row's baseline, the outcomes, the verdict and the seeds needed.
 
     `top1[i]` holds row i's completed runs' top-1, indexed by seed.
     """
@@ -102,39 +106,65 @@ def _statistics(table: pd.DataFrame, top1: list[pd.Series]) -> pd.DataFrame:
             comparisons.append(None)
         else:
             comparisons.append(compare(top1[i], top1[base]))
+    # Bonferroni over the rows tested: each row's interval at 1 - alpha/m, so all hold together at 1 - alpha.
+    tests = sum(1 for c in comparisons if c is not None and c.tested)
+    level = 1 - alpha / max(tests, 1)
     table["delta_vs_baseline"] = [
         c.delta if c else (0.0 if b and n else math.nan)
         for c, b, n in zip(comparisons, table["is_baseline"], table["n"], strict=True)
     ]
-    for column, attribute in (("delta_ci_low", "low"), ("delta_ci_high", "high"), ("p_value", "p")):
-        table[column] = [getattr(c, attribute) if c else math.nan for c in comparisons]
+    bounds = [c.interval(level) if c else (math.nan, math.nan) for c in comparisons]
+    table["delta_ci_low"] = [b[0] for b in bounds]
+    table["delta_ci_high"] = [b[1] for b in bounds]
     table["test"] = [c.test if c else None for c in comparisons]
     table["n_pairs"] = [c.n_pairs if c else 0 for c in comparisons]
-    table["p_holm"] = holm(table["p_value"].to_numpy())
-    table["resolved"] = table["p_holm"].lt(ALPHA)
+    table["p_value"] = [c.p if c and c.tested else math.nan for c in comparisons]
+    table["p_adj"] = bonferroni(table["p_value"].to_numpy(), tests)
+    table["p_equivalence"] = [c.p_equivalence(margin) if c else math.nan for c in comparisons]
+    # Inside ±margin at level 1 - alpha/m means each one-sided test at alpha/(2m): the adjusted TOST p is 2 m p.
+    table["p_equivalence_adj"] = bonferroni(table["p_equivalence"].to_numpy(), 2 * tests)
+    table["outcome"] = [
+        None if c is None else outcome(lo, hi, margin)
+        for c, (lo, hi) in zip(comparisons, bounds, strict=True)
+    ]
+    table["within_margin"] = [bool(math.isfinite(lo) and -margin < lo and hi < margin) for lo, hi in bounds]
 
     paper_base = table["paper_top1"].where(table["is_baseline"]).groupby(family).transform("first")
     table["paper_delta"] = (table["paper_top1"] - paper_base).where(~table["is_baseline"])
     table["verdict"] = [
-        verdict(r, d, p) if math.isfinite(d) else None
-        for r, d, p in zip(table["resolved"], table["delta_vs_baseline"], table["paper_delta"], strict=True)
+        verdict(o, d, p, margin) if o is not None and math.isfinite(d) else None
+        for o, d, p in zip(table["outcome"], table["delta_vs_baseline"], table["paper_delta"], strict=True)
     ]
-    # The estimate must hold whichever rows the others are: Holm's strictest step is ALPHA / (rows tested).
-    tests = max(int(table["p_value"].notna().sum()), 1)
+    # The estimate is at the level every row is decided at: alpha / (rows tested); the fewer of the seeds that
+    # would show a difference and those that would show equivalence.
     table["seeds_needed"] = [
         math.nan
-        if c is None or r or math.isnan(c.p)
-        else seeds_needed(c.delta, c.sd, None if c.paired else c.sd_base, alpha=ALPHA / tests)
-        for c, r in zip(comparisons, table["resolved"], strict=True)
+        if c is None or o != "undecided" or not c.tested
+        else min(
+            seeds_needed(c.delta, c.sd, None if c.paired else c.sd_base, alpha=1 - level),
+            seeds_needed_equivalence(c.delta, c.sd, margin, None if c.paired else c.sd_base, alpha=1 - level),
+        )
+        for c, o in zip(comparisons, table["outcome"], strict=True)
     ]
+    table.attrs.update(margin=margin, alpha=alpha, tests=tests, level=level)
     return table
 
 
-def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """Return one row per configuration: n, top-1 with 95% CI, Δ to baseline with CI, test, Holm p, verdict, cost.
+def ablation_table(
+    runs: pd.DataFrame, baseline: str | None = None, margin: float = DEFAULT_MARGIN, alpha: float = ALPHA
+) -> pd.DataFrame:
+    """Return one row per configuration: n, top-1 with 95% CI, Δ to baseline with its adjusted CI, test, adjusted
+    p-values, outcome (better / worse / equivalent within ±margin / undecided), verdict against the paper, cost.
 
-    `table.attrs["shared_overrides"]` lists the overrides every run shares (left out of the row labels).
+    `margin` is in points of top-1 (>= 0; 0: no row can be equivalent); `alpha` the family-wise error over the
+    rows tested. `table.attrs` holds `shared_overrides` (the overrides every run shares, left out of the row
+    labels), `margin`, `alpha`, `tests` (rows tested), `level` (each interval's confidence) and `duplicates`
+    (the repeated runs of one seed left out: label, seed, folder, kept folder).
     """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise AnalysisError(f"margin {margin:g} must be 0 or more (points of top-1); e.g. --margin 0.5")
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"alpha {alpha:g} must lie between 0 and 1")
     runs = runs.reset_index(drop=True)
     ok = runs["usable"].astype(bool)
     work = runs.assign(
@@ -165,7 +195,8 @@ def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
     top1 = [g.dropna(subset=["_top1"]).set_index("_seed")["_top1"] for _, g in grouped[["_seed", "_top1"]]]
     table = table.reset_index().rename(columns={"config": "label"})
     table["is_baseline"] = _baseline_mask(table, baseline)
-    table = _statistics(table, top1)
+    table = _statistics(table, top1, margin, alpha)
+    decided_at = dict(table.attrs)
 
     is_baseline = table["is_baseline"]
     order = np.lexsort(  # the last key sorts first
@@ -195,16 +226,35 @@ def ablation_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         "test",
         "n_pairs",
         "p_value",
-        "p_holm",
-        "resolved",
+        "p_adj",
+        "p_equivalence",
+        "p_equivalence_adj",
+        "outcome",
+        "within_margin",
         "paper_top1",
         "paper_delta",
         "verdict",
         "seeds_needed",
     ]
     table = table[columns + [c for c in table.columns if c not in columns]]
-    table.attrs["shared_overrides"] = shared_overrides(runs["overrides"])
+    table.attrs = {
+        **decided_at,
+        "shared_overrides": shared_overrides(runs["overrides"]),
+        "duplicates": _duplicates(runs),
+    }
     return table
+
+
+def _duplicates(runs: pd.DataFrame) -> list[dict]:
+    if "duplicate_of" not in runs.columns:
+        return []
+    dropped = runs[runs["duplicate_of"].notna()]
+    return [
+        {"label": label, "seed": seed, "folder": folder, "kept": kept}
+        for label, seed, folder, kept in zip(
+            dropped["config"], dropped["seed"], dropped["folder"], dropped["duplicate_of"], strict=True
+        )
+    ]
 
 
 def varies(table: pd.DataFrame, column: str) -> bool:
@@ -229,6 +279,25 @@ def _p(value: float, dash: str) -> str:
     if pd.isna(value):
         return dash
     return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _significant(value: float, dash: str, digits: int = 3) -> str:
+    """`value` to `digits` significant digits (0.00505, 0.0202, 1.80, 12.3), whole numbers from 10**digits on."""
+    if pd.isna(value):
+        return dash
+    if value == 0 or abs(value) >= 10**digits:
+        return f"{value:.0f}"
+    return f"{value:#.{digits}g}"
+
+
+def _outcome_text(decided: str | None, within: bool, margin: float, dash: str) -> str:
+    if decided is None or pd.isna(decided):
+        return dash
+    if decided == "equivalent":
+        return f"equivalent (±{margin:g})"
+    if decided in ("better", "worse") and within:
+        return f"{decided} (within ±{margin:g})"
+    return decided
 
 
 def _seeds_text(value: float, dash: str) -> str:
@@ -256,7 +325,8 @@ def _display(table: pd.DataFrame, fmt: str) -> pd.DataFrame:
         )
     ]
     if table["is_baseline"].any():
-        out["Δ [95% CI]"] = [
+        margin = table.attrs.get("margin", DEFAULT_MARGIN)
+        out["Δ [adj. CI]"] = [
             "(baseline)"
             if b and not pd.isna(d)
             else _with_ci(d, lo, hi, True, dash) + (" (no CI)" if not pd.isna(d) and pd.isna(lo) else "")
@@ -272,21 +342,22 @@ def _display(table: pd.DataFrame, fmt: str) -> pd.DataFrame:
             dash if pd.isna(t) else (f"{t} ({k})" if k else t)
             for t, k in zip(table["test"], table["n_pairs"], strict=True)
         ]
-        out["p (Holm)"] = table["p_holm"].map(lambda v: _p(v, dash))
-        out["resolved"] = [
-            "yes" if r else ("no" if not pd.isna(p) else dash)
-            for r, p in zip(table["resolved"], table["p_holm"], strict=True)
+        out["p (adj.)"] = table["p_adj"].map(lambda v: _p(v, dash))
+        out["p equiv. (adj.)"] = table["p_equivalence_adj"].map(lambda v: _p(v, dash))
+        out["outcome"] = [
+            _outcome_text(o, w, margin, dash)
+            for o, w in zip(table["outcome"], table["within_margin"], strict=True)
         ]
         if table["paper_delta"].notna().any():
             out["paper Δ"] = table["paper_delta"].map(
                 lambda v: "0.0" if abs(v) < 0.05 else _number(v, 1, dash, sign=True)
             )
             out["verdict"] = table["verdict"].fillna(dash)
-        out["seeds to resolve (est.)"] = table["seeds_needed"].map(lambda v: _seeds_text(v, dash))
+        out["seeds to decide (est.)"] = table["seeds_needed"].map(lambda v: _seeds_text(v, dash))
     elif table["paper_top1"].notna().any():
         out["paper top-1"] = table["paper_top1"].map(lambda v: _number(v, 1, dash))
     out["params (M)"] = table["params_m"].map(lambda v: _number(v, 1, dash))
-    out["MACs (G)"] = table["gmacs"].map(lambda v: _number(v, 2, dash))
+    out["MACs (G)"] = table["gmacs"].map(lambda v: _significant(v, dash))
     out["img/s"] = table["img_per_s"].map(lambda v: _number(v, 0, dash))
     if latex:
         out.columns = [c.replace("Δ", "$\\Delta$").replace("%", "\\%") for c in out.columns]
@@ -322,50 +393,92 @@ def _against_paper(rows: pd.DataFrame) -> str:
 
 
 def notes(table: pd.DataFrame) -> str:
-    """Return what the columns mean: the CI method, the tests, Holm over how many rows, the verdict, the estimate."""
+    """Return what the columns mean: the CI method, the tests, the adjustment, the outcomes, the verdict, the
+    estimate, and the repeated runs of one seed that were left out."""
     parts = [
         f"top-1: mean over seeds with its 95% CI (t-interval below {BOOTSTRAP_MIN_N} seeds, BCa bootstrap from "
         f"{BOOTSTRAP_MIN_N} on; none for one seed)."
     ]
     if table["is_baseline"].any():
-        tests = int(table["p_value"].notna().sum())
+        tests = int(table.attrs.get("tests", table["p_value"].notna().sum()))
+        alpha = table.attrs.get("alpha", ALPHA)
+        margin = table.attrs.get("margin", DEFAULT_MARGIN)
+        level = table.attrs.get("level", 1 - alpha / max(tests, 1))
         parts.append(
-            "Δ: top-1 minus the baseline's (same data and model; over the paired seeds when paired) with its 95% "
-            "CI; test: paired t-test over the seeds both rows ran (their count in brackets; same seed = same "
-            "initialisation and data order), "
-            "Welch's t-test when they share fewer than two; none when a row has one run, or when every paired "
-            "difference is the same (no spread to test against). "
-            f"p: two-sided, Holm-corrected over the {_count(tests, 'row')} tested; resolved: p < {ALPHA:g}."
+            "Δ: top-1 minus the baseline's (same data and model; over the paired seeds when paired); test: paired "
+            "t-test over the seeds both rows ran (their count in brackets; same seed = same initialisation and "
+            "data order), Welch's t-test when they share fewer than two; none when a row has one run, or when "
+            "every paired difference is the same (no spread to test against). "
+            f"adj. CI: Bonferroni-adjusted, each row's t-interval at {_percent(level)} = 1 - {alpha:g}/"
+            f"{max(tests, 1)} ({_count(tests, 'row')} tested), so all hold together with {1 - alpha:.0%} "
+            "confidence. outcome, read off that interval: better (above 0), worse (below 0), "
+            f"equivalent (inside ±{margin:g} points: two one-sided tests), undecided (none of these); a better "
+            f"or worse row whose interval also lies inside ±{margin:g} says so. The chance that any claim in the "
+            f"table (a difference, its sign, an equivalence) is wrong is at most {alpha:g}. "
+            f"p (adj.): two-sided p of Δ = 0 times {max(tests, 1)} (capped at 1), below {alpha:g} exactly when "
+            f"the interval excludes 0; p equiv. (adj.): the larger one-sided p of |Δ| >= {margin:g} times "
+            f"{2 * max(tests, 1)}, below {alpha:g} exactly when the interval lies inside ±{margin:g}."
         )
         if table["paper_delta"].notna().any():
             parts.append(
-                "paper Δ: the paper's top-1 difference to its baseline; verdict: agrees / opposite (resolved, "
-                "with the paper's sign / the other sign), not resolved, or paper: no change (resolved where the "
-                "paper's Δ is 0.0)."
+                "paper Δ: the paper's top-1 difference to its baseline; verdict: agrees / opposite (better or "
+                "worse, with the paper's sign / the other sign; equivalent where the paper's Δ is 0.0 agrees), "
+                "paper: no change (better or worse where the paper's Δ is 0.0), paper: change (equivalent where "
+                f"the paper's Δ is ±{margin:g} or more), paper: within margin (equivalent, the paper's Δ smaller "
+                "than the margin), not resolved (undecided)."
             )
         parts.append(
-            f"seeds to resolve: an estimate, not a measurement: seeds per row that would give {POWER:.0%} power "
-            f"to the same test at α = {ALPHA:g}/{max(tests, 1)} (Holm's strictest step), taking the observed Δ "
-            "and spread as the truth."
+            f"seeds to decide: an estimate, not a measurement: seeds per row that would give {POWER:.0%} power to "
+            f"reach an outcome (a difference or equivalence, whichever needs fewer) at the same level, taking the "
+            "observed Δ and spread as the truth."
+        )
+    if duplicates := table.attrs.get("duplicates"):
+        shown = "; ".join(
+            f"{d['label']} seed {_seed_text(d['seed'])}: {d['folder']} left out, {d['kept']} kept"
+            for d in duplicates[:10]
+        )
+        more = f"; and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
+        parts.append(
+            f"{_count(len(duplicates), 'repeated run')} left out: one run per (configuration, seed) counts, as "
+            "a rerun of a seed repeats its initialisation and data order; kept: the newest (results.json "
+            f"modification time; without one, the last in folder order): {shown}{more}."
         )
     return " ".join(parts)
 
 
+def _percent(level: float) -> str:
+    text = f"{100 * level:.3f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def _seed_text(seed: float) -> str:
+    return str(int(seed)) if float(seed).is_integer() else str(seed)
+
+
 def summary(table: pd.DataFrame) -> str:
-    """Return one paragraph, generated from the numbers: what is resolved, what agrees with the paper, what not."""
+    """Return one paragraph, generated from the numbers: the outcomes, what agrees with the paper, what not."""
     if not table["is_baseline"].any():
         return f"{len(table)} configurations; no baseline row, so no comparison (pass --baseline LABEL)."
     rows = table[~table["is_baseline"]]
     tested = rows[rows["p_value"].notna()]
-    resolved = tested[tested["resolved"]]
     if tested.empty:
         return (
             "No row could be tested against the baseline: a test needs at least two completed runs in both rows "
             "(and a baseline on the same data and model)."
         )
+    margin = table.attrs.get("margin", DEFAULT_MARGIN)
+    alpha = table.attrs.get("alpha", ALPHA)
+    pieces = []
+    for kind in OUTCOMES:
+        chosen = tested[tested["outcome"].eq(kind)]
+        if kind == "undecided":
+            pieces.append(f"{len(chosen)} undecided")
+        else:
+            name = f"equivalent within ±{margin:g}" if kind == "equivalent" else kind
+            pieces.append(f"{len(chosen)} {name}" + (f" ({_listing(chosen)})" if len(chosen) else ""))
     sentences = [
-        f"{len(resolved)} of {_count(len(tested), 'row')} tested differ from the baseline at the 5% level after Holm "
-        f"correction" + (f": {_listing(resolved)}." if len(resolved) else ".")
+        f"Of {_count(len(tested), 'row')} tested against the baseline (family-wise error {alpha:.0%}, "
+        f"Bonferroni): {', '.join(pieces[:-1])} and {pieces[-1]}."
     ]
     untested = rows[rows["p_value"].isna()]
     if len(untested):
@@ -375,34 +488,40 @@ def summary(table: pd.DataFrame) -> str:
         )
     with_paper = rows[rows["verdict"].notna()]
     if len(with_paper):
-        counts = with_paper["verdict"].value_counts()
+        verdicts = with_paper["verdict"].value_counts()
         agree = with_paper[with_paper["verdict"].eq("agrees")]
         opposite = with_paper[with_paper["verdict"].eq("opposite")]
+        unresolved = verdicts.get("not resolved", 0)
         sentence = (
             f"Of the {_count(len(with_paper), 'row')} with a paper number, {len(agree)} "
-            f"{'agrees' if len(agree) == 1 else 'agree'} with the paper's direction"
+            f"{'agrees' if len(agree) == 1 else 'agree'} with the paper"
             + (f" ({_listing(agree, with_delta=False)})" if len(agree) else "")
             + f", {len(opposite)} {'is' if len(opposite) == 1 else 'are'} opposite"
             + (f" ({_against_paper(opposite)})" if len(opposite) else "")
-            + f" and {counts.get('not resolved', 0)} {'is' if counts.get('not resolved', 0) == 1 else 'are'} "
-            "not resolved"
+            + f" and {unresolved} {'is' if unresolved == 1 else 'are'} not resolved"
         )
-        if counts.get("paper: no change", 0):
-            changed = counts["paper: no change"]
+        if changed := verdicts.get("paper: no change", 0):
             sentence += f"; {_count(changed, 'row')} {'differs' if changed == 1 else 'differ'} where the paper saw no change"
+        if contradicted := verdicts.get("paper: change", 0):
+            sentence += (
+                f"; {_count(contradicted, 'row')} {'is' if contradicted == 1 else 'are'} equivalent where the paper "
+                f"reported a change of {margin:g} or more"
+            )
+        if small := verdicts.get("paper: within margin", 0):
+            sentence += f"; {_count(small, 'row')} equivalent where the paper's change is within the margin"
         sentences.append(sentence + ".")
-    needed = rows.loc[rows["p_value"].notna() & ~rows["resolved"], "seeds_needed"]
+    needed = rows.loc[rows["p_value"].notna() & rows["outcome"].eq("undecided"), "seeds_needed"]
     if len(needed):
         finite = needed[np.isfinite(needed)]
         estimate = (
             f"a median of about {int(finite.median())} seeds per row (estimate)"
             if len(finite)
-            else "more than 1000 seeds per row"
+            else f"more than {MAX_SEEDS} seeds per row"
         )
         beyond = int(np.isinf(needed).sum())
         sentences.append(
-            f"At the noise observed, resolving the {_count(len(needed), 'unresolved row')} would take {estimate}"
-            + (f"; {beyond} would need more than 1000 (Δ near zero)" if beyond and len(finite) else "")
+            f"At the noise observed, deciding the {_count(len(needed), 'undecided row')} would take {estimate}"
+            + (f"; {beyond} would need more than {MAX_SEEDS}" if beyond and len(finite) else "")
             + "."
         )
     return " ".join(sentences)

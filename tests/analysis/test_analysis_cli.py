@@ -27,7 +27,7 @@ def test_markdown_table_files_and_plots(multirun, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert stdout.startswith("Every run: `trainer.epochs=2`\n\n| label")
     assert "| baseline " in stdout and "71.00 [58.29, 83.71]" in stdout and "+1.50 [-4.85, +7.85]" in stdout
-    assert "0 of 1 row tested differ" in stdout  # the summary
+    assert "Of 1 row tested against the baseline (family-wise error 5%, Bonferroni): 0 better" in stdout
     assert "Runs not in the averages (4)" in stdout
     assert "diverged" in stdout and "incomplete" in stdout
     assert str(multirun / "2026-11-25" / "10-00-00" / "7") in stdout
@@ -63,7 +63,8 @@ def test_runs_csv_reads_back_into_the_same_table(multirun, tmp_path, capsys):
         "top1_std",
         "top1_ci_low",
         "delta_vs_baseline",
-        "p_holm",
+        "p_adj",
+        "outcome",
         "params_m",
     ]
     pd.testing.assert_frame_equal(again[columns], first[columns], check_dtype=False)
@@ -83,9 +84,10 @@ def test_csv_format_is_clean_csv_on_stdout(multirun, capsys):
     table = pd.read_csv(io.StringIO(captured.out))
     assert table["n"].tolist() == [2, 2, 1, 1, 1]
     assert table["test"].tolist()[1:] == ["paired t", "none (n=1)", "none (n=1)", "none (n=1)"]
-    assert table["p_holm"][1] == pytest.approx(
+    assert table["p_adj"][1] == pytest.approx(
         1 - 2 * math.atan(3) / math.pi, rel=1e-5
-    )  # t = 3, 1 df: Cauchy
+    )  # t = 3, 1 df: Cauchy; one row tested, so Bonferroni multiplies by 1
+    assert table["outcome"].tolist()[1:] == ["undecided"] * 4
     assert "# Runs not in the averages (4)" in captured.err
     excluded = pd.read_csv(io.StringIO(captured.err), comment="#")  # the list is CSV too, same columns
     assert sorted(excluded["status"]) == ["diverged", "failed", "incomplete", "preempted"]
@@ -136,10 +138,15 @@ def test_folder_without_runs_exits_2(tmp_path, capsys):
     assert "holds no runs" in capsys.readouterr().err
 
 
-def test_without_baseline_no_delta_plot_and_a_note(multirun, tmp_path, capsys):
+def test_without_baseline_no_delta_plot_and_the_note_once(multirun, tmp_path, capsys):
     only_ln = multirun / "2026-11-25" / "10-00-00" / "4"
     assert main([str(only_ln), "--out", str(tmp_path / "r")]) == 0
-    assert "pass --baseline LABEL" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("--baseline LABEL") == 1  # the summary says it; no second note
+    assert "no baseline row, so no comparison (pass --baseline LABEL)" in captured.out
+    assert main([str(only_ln), "--format", "csv"]) == 0  # bare CSV has no summary: the note goes to stderr
+    captured = capsys.readouterr()
+    assert captured.err.count("--baseline LABEL") == 1 and "--baseline" not in captured.out
     assert is_png(tmp_path / "r" / "top1_vs_gmacs.png")
     assert not (tmp_path / "r" / "delta_vs_baseline.png").exists()
 

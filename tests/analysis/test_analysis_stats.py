@@ -112,8 +112,12 @@ def test_mean_interval_t_below_20_and_bootstrap_from_20():
 
 
 def test_verdict():
-    assert verdict(True, 2.0, 0.8) == "agrees"
-    assert verdict(True, -2.0, 0.8) == "opposite"
-    assert verdict(False, 2.0, 0.8) == "not resolved"
-    assert verdict(True, 0.5, 0.0) == "paper: no change"
-    assert verdict(True, 0.5, math.nan) is None
+    assert verdict("better", 2.0, 0.8) == "agrees"
+    assert verdict("worse", -2.0, 0.8) == "opposite"
+    assert verdict("undecided", 2.0, 0.8) == "not resolved"
+    assert verdict("better", 0.5, 0.0) == "paper: no change"
+    assert verdict("better", 0.5, math.nan) is None
+    # an equivalent row agrees where the paper saw no change, contradicts a change of a margin or more
+    assert verdict("equivalent", 0.1, 0.0) == "agrees"
+    assert verdict("equivalent", 0.1, -0.7, margin=0.5) == "paper: change"
+    assert verdict("equivalent", 0.1, 0.3, margin=0.5) == "paper: within margin"

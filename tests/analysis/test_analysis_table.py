@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis import AnalysisError, ablation_table, collect_runs, excluded_runs, render, render_excluded
-from analysis.stats import seeds_needed
+from analysis.stats import seeds_needed, seeds_needed_equivalence
 
 ORDER = ["baseline", "pool size 5", "LN", "[pool, pool, attn, attn]", "ReLU"]
 
@@ -111,13 +111,14 @@ def test_markdown_rendering(table):
         "group",
         "n",
         "top-1 [95% CI]",
-        "Δ [95% CI]",
+        "Δ [adj. CI]",
         "test",
-        "p (Holm)",
-        "resolved",
+        "p (adj.)",
+        "p equiv. (adj.)",
+        "outcome",
         "paper Δ",
         "verdict",
-        "seeds to resolve (est.)",
+        "seeds to decide (est.)",
         "params (M)",
         "MACs (G)",
         "img/s",
@@ -126,8 +127,8 @@ def test_markdown_rendering(table):
     # 70 and 72: t-interval 71 ± 12.706 * sqrt(2) / sqrt(2)
     assert baseline[:5] == ["baseline", "baseline", "2", "71.00 [58.29, 83.71]", "(baseline)"]
     assert baseline[-3:] == ["11.9", "1.80", "100"]
-    pool = cells(lines[5])  # seeds 0, 1 of both: paired, differences 1 and 2
-    assert pool[:9] == [
+    pool = cells(lines[5])  # seeds 0, 1 of both: paired, differences 1 and 2; one row tested: level 95%
+    assert pool[:10] == [
         "pool size 5",
         "pool size",
         "2",
@@ -135,18 +136,19 @@ def test_markdown_rendering(table):
         "+1.50 [-4.85, +7.85]",
         "paired t (2)",
         "0.205",
-        "no",
+        "1.000",
+        "undecided",
         "0.0",
     ]
     ln = cells(lines[6])
     assert ln[:6] == ["LN", "norm", "1", "68.00 (n=1: no CI)", "-3.00 (no CI)", "none (n=1)"]
-    assert "Holm-corrected over the 1 row tested" in text
+    assert "each row's t-interval at 95% = 1 - 0.05/1 (1 row tested)" in text
 
 
 def test_latex_rendering_escapes_and_uses_math(table):
     text = render(table, "latex")
     assert "71.00 [58.29, 83.71]" in text
-    assert "$\\Delta$ [95\\% CI]" in text
+    assert "$\\Delta$ [adj. CI]" in text
     tabular = text[text.index("\\begin{tabular}") : text.index("\\end{tabular}")]
     assert "±" not in tabular and "Δ" not in tabular and "≈" not in tabular
     assert text.startswith("% every run: trainer.epochs=2\n\\begin{tabular}")
@@ -164,8 +166,8 @@ def test_html_rendering(table):
     text = render(table, "html")
     assert text.startswith("<p>Every run: <code>trainer.epochs=2</code></p>")
     assert "<table" in text and "<td>(baseline)</td>" in text
-    assert "<p>0 of 1 row tested differ from the baseline" in text
-    assert "resolved: p &lt; 0.05" in text  # escaped
+    assert "<p>top-1: mean over seeds" in text and "<p>Of 1 row tested against the baseline" in text
+    assert "|Δ| &gt;= 0.5" in text  # escaped
 
 
 def test_unknown_format():
@@ -224,32 +226,40 @@ def test_labels_show_only_what_differs_and_the_shared_overrides_go_in_a_header(s
     assert render(study_table, "markdown").startswith("Every run: `experiment=mini trainer.epochs=1`\n")
 
 
-def test_a_clearly_resolved_paired_row_agrees_with_the_paper(study_table):
+T_995_DF2 = 9.924843  # t quantile at 0.995 (5 rows tested: each interval at 1 - 0.05/5 = 99%), 2 df
+T_995_DF4 = 4.604095  # 4 df
+
+
+def test_a_clearly_better_paired_row_agrees_with_the_paper(study_table):
     bn = row(study_table, "norm=bn")  # differences 3.0, 3.1, 2.9
     assert bn["test"] == "paired t" and bn["n_pairs"] == 3
     assert bn["delta_vs_baseline"] == pytest.approx(3.0)
-    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
+    half = T_995_DF2 * 0.1 / math.sqrt(3)  # t(1 - 0.01/2, 2 df) * sd / sqrt(n): Bonferroni over 5 rows
     assert (bn["delta_ci_low"], bn["delta_ci_high"]) == pytest.approx((3 - half, 3 + half), abs=1e-5)
-    assert bn["p_value"] < 0.001 and bool(bn["resolved"])
+    assert bn["p_value"] < 0.001 and bn["p_adj"] == pytest.approx(5 * bn["p_value"])
+    assert bn["outcome"] == "better" and not bn["within_margin"]
     assert bn["paper_delta"] == pytest.approx(0.8)  # 78.0 - 77.2
     assert bn["verdict"] == "agrees"
-    assert math.isnan(bn["seeds_needed"])  # resolved: nothing to estimate
+    assert math.isnan(bn["seeds_needed"])  # decided: nothing to estimate
 
 
-def test_a_resolved_row_against_the_papers_sign_is_opposite(study_table):
+def test_a_worse_row_against_the_papers_sign_is_opposite(study_table):
     relu = row(study_table, "act=relu")
     assert relu["delta_vs_baseline"] == pytest.approx(-2.0)  # the preempted seed 4 (50.0) is not in it
-    assert bool(relu["resolved"]) and relu["verdict"] == "opposite"
+    assert relu["delta_ci_high"] < 0 and relu["outcome"] == "worse" and relu["verdict"] == "opposite"
 
 
-def test_a_row_within_noise_is_not_resolved_and_gets_a_seeds_estimate(study_table):
+def test_a_row_within_noise_is_undecided_and_gets_a_seeds_estimate(study_table):
     ln = row(study_table, "norm=ln")  # differences 0.5, -0.4, 0.8; the diverged seed 3 is left out
     assert ln["n"] == 3 and ln["n_excluded"] == 1
     assert ln["delta_vs_baseline"] == pytest.approx(0.3)
-    assert ln["delta_ci_low"] < 0 < ln["delta_ci_high"]
-    assert not ln["resolved"] and ln["verdict"] == "not resolved"
-    # 5 rows are tested: the estimate is at Holm's strictest level, 0.05 / 5
-    assert ln["seeds_needed"] == seeds_needed(0.3, math.sqrt(0.39), alpha=0.01)
+    assert ln["delta_ci_low"] < -0.5 and ln["delta_ci_high"] > 0.5  # neither a difference nor inside ±0.5
+    assert ln["outcome"] == "undecided" and ln["verdict"] == "not resolved"
+    # 5 rows are tested: the estimate is at the level every row is decided at, 0.05 / 5
+    sd = math.sqrt(0.39)
+    assert ln["seeds_needed"] == min(
+        seeds_needed(0.3, sd, alpha=0.01), seeds_needed_equivalence(0.3, sd, 0.5, alpha=0.01)
+    )
     assert ln["seeds_needed"] > 3
 
 
@@ -257,7 +267,7 @@ def test_rows_without_shared_seeds_fall_back_to_welch(study_table):
     dw = row(study_table, "mixer=dwconv")  # seeds 3, 4, 5 against 0, 1, 2
     assert dw["test"] == "Welch t" and dw["n_pairs"] == 0
     assert dw["delta_vs_baseline"] == pytest.approx(2.0)
-    half = 2.776445 * math.sqrt(1 / 3 + 1 / 3)  # both sds 1: Welch's df = 4
+    half = T_995_DF4 * math.sqrt(1 / 3 + 1 / 3)  # both sds 1: Welch's df = 4
     assert (dw["delta_ci_low"], dw["delta_ci_high"]) == pytest.approx((2 - half, 2 + half), abs=1e-5)
     assert dw["seeds_needed"] == seeds_needed(2.0, 1.0, sd_base=1.0, alpha=0.01)
     assert "Welch t" in render(study_table, "markdown")
@@ -267,21 +277,33 @@ def test_a_single_seed_has_no_ci_and_no_test_and_says_so(study_table):
     silu = row(study_table, "act=silu")
     assert silu["n"] == 1 and silu["delta_vs_baseline"] == pytest.approx(-2.0)
     assert silu["test"] == "none (n=1)" and silu["top1_ci_method"] == "none (n=1)"
-    assert math.isnan(silu["top1_ci_low"]) and math.isnan(silu["p_value"]) and not silu["resolved"]
+    assert math.isnan(silu["top1_ci_low"]) and math.isnan(silu["p_value"]) and silu["outcome"] == "undecided"
     assert silu["verdict"] == "not resolved"
     line = next(x for x in render(study_table, "markdown").splitlines() if x.startswith("| act=silu"))
     assert "69.00 (n=1: no CI)" in line and "-2.00 (no CI)" in line and "none (n=1)" in line
 
 
-def test_holm_turns_a_nominally_significant_row_into_not_resolved(study_table):
+def test_the_adjustment_turns_a_nominally_significant_row_undecided_and_its_interval_says_so(study_table):
     attn = row(study_table, "mixer=attn")  # differences 1, 1.5, 2: t = 3 sqrt(3) with 2 df
     t = 3 * math.sqrt(3)
     raw = 1 - t / math.sqrt(2 + t * t)
-    assert attn["p_value"] == pytest.approx(raw) and raw < 0.05  # alone it would be resolved...
-    # ...but it is the third smallest of 5 p-values: Holm multiplies it by 3
-    assert attn["p_holm"] == pytest.approx(3 * raw)
-    assert not attn["resolved"] and attn["verdict"] == "not resolved"  # uncorrected, it would "agree"
-    assert study_table["p_value"].notna().sum() == 5
+    assert attn["p_value"] == pytest.approx(raw) and raw < 0.05  # alone it would be a difference...
+    assert attn["p_adj"] == pytest.approx(5 * raw) and attn["p_adj"] > 0.05  # ...not among 5 rows
+    # the interval shown is the adjusted one: it includes 0, as the outcome says (the unadjusted 95% one does not)
+    half = T_995_DF2 * 0.5 / math.sqrt(3)
+    assert (attn["delta_ci_low"], attn["delta_ci_high"]) == pytest.approx((1.5 - half, 1.5 + half), abs=1e-5)
+    assert attn["delta_ci_low"] < 0 < 1.5 - 4.302653 * 0.5 / math.sqrt(3)
+    assert attn["outcome"] == "undecided" and attn["verdict"] == "not resolved"
+    assert study_table["p_value"].notna().sum() == 5 and study_table.attrs["tests"] == 5
+
+
+def test_interval_p_and_outcome_agree_on_every_row(study_table):
+    for _, r in study_table[study_table["p_value"].notna()].iterrows():
+        excludes_zero = r["delta_ci_low"] > 0 or r["delta_ci_high"] < 0
+        inside = -0.5 < r["delta_ci_low"] and r["delta_ci_high"] < 0.5
+        assert excludes_zero == (r["p_adj"] < 0.05) == (r["outcome"] in ("better", "worse")), r["label"]
+        assert inside == (r["p_equivalence_adj"] < 0.05), r["label"]
+        assert (r["outcome"] == "better") == (r["delta_ci_low"] > 0), r["label"]
 
 
 def test_failed_runs_are_not_averaged(study_table):
@@ -293,15 +315,15 @@ def test_failed_runs_are_not_averaged(study_table):
 def test_summary_is_generated_from_the_numbers(study_table):
     text = render(study_table, "markdown")
     assert (
-        "2 of 5 rows tested differ from the baseline at the 5% level after Holm correction: "
-        "norm=bn (+3.00), act=relu (-2.00)." in text
+        "Of 5 rows tested against the baseline (family-wise error 5%, Bonferroni): 1 better (norm=bn (+3.00)), "
+        "1 worse (act=relu (-2.00)), 0 equivalent within ±0.5 and 3 undecided." in text
     )
     assert (
         "1 row could not be tested (one run or none, or the same difference on every seed): act=silu." in text
     )
-    assert "Of the 6 rows with a paper number, 1 agrees with the paper's direction (norm=bn), " in text
+    assert "Of the 6 rows with a paper number, 1 agrees with the paper (norm=bn), " in text
     assert "1 is opposite (act=relu: -2.00 where the paper has +0.9) and 4 are not resolved." in text
-    assert re.search(r"resolving the 3 unresolved rows would take a median of about \d+ seeds", text)
+    assert re.search(r"deciding the 3 undecided rows would take a median of about \d+ seeds", text)
 
 
 def test_excluded_runs_give_the_error_the_diverged_step_and_the_signal(study):
