@@ -2,7 +2,7 @@
 
 Module names follow timm's MetaFormer (`norm1`, `token_mixer`, `layer_scale1.scale`, `mlp.fc1`, ...) so timm's
 PoolFormer weights load without renaming. The switches the paper ablates live here: no residual, no channel MLP,
-no layer scale, and MetaFormer v2's res scale.
+no layer scale, and MetaFormer v2's res scale, bias-free channel MLP (`mlp_bias=False`) and norm eps (1e-6).
 
 On channels-last input the channel MLP runs as `F.linear` over the channels of an NHWC view (no copies): the same
 `(hidden, dim, 1, 1)` convolution weights, the same arithmetic, several times faster on a CPU than oneDNN's 1x1
@@ -45,18 +45,22 @@ class MetaFormerBlock(nn.Module):
         res_scale_init: float | None = None,
         residual: bool = True,
         channel_mlp: bool = True,
+        mlp_bias: bool = True,
+        norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         self.residual = residual
-        self.norm1 = build_norm(norm, dim)
+        self.norm1 = build_norm(norm, dim, norm_eps)
         self.token_mixer = build_mixer(mixer, dim, resolution, **dict(mixer_options or {}))
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale1 = _scale(dim, layer_scale_init)
         self.res_scale1 = _scale(dim, res_scale_init)
         self.channel_mlp = channel_mlp
         if channel_mlp:
-            self.norm2 = build_norm(norm, dim)
-            self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=get_act(act), drop=drop, use_conv=True)
+            self.norm2 = build_norm(norm, dim, norm_eps)
+            self.mlp = Mlp(
+                dim, int(mlp_ratio * dim), act_layer=get_act(act), bias=mlp_bias, drop=drop, use_conv=True
+            )
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
             self.layer_scale2 = _scale(dim, layer_scale_init)
             self.res_scale2 = _scale(dim, res_scale_init)

@@ -5,6 +5,12 @@ Every per-stage field takes one value for all stages or a list with one value pe
 every mixer. The head follows the paper and the official release: norm over the whole last feature map, then
 the spatial mean, then the classifier (timm's current PoolFormer pools first and normalises after).
 
+The sequel's models ("MetaFormer Baselines for Vision": IdentityFormer, RandFormer, PoolFormerV2, ConvFormer,
+CAFormer; docs/paper_v2.md) are options of the same model: a norm after the stem (`stem_norm`) and before each
+downsampling conv (`down_norm`), bias-free channel MLPs (`mlp_bias=False`), norms with eps 1e-6 (`norm_eps`), the
+mean before the final norm (`head_pool_first=True`) and the MLP classifier (`mlp_head=True`: Linear, squared ReLU,
+LayerNorm, dropout, Linear), besides StarReLU (`act="starrelu"`) and res scale (`res_scale_init`).
+
 The model honours timm's model contract: `pretrained_cfg` describing this build (input size, pool size, a fixed
 input size where a mixer or position embedding is bound to the resolution), `feature_info`,
 `forward_intermediates`, `prune_intermediate_layers`, `reset_classifier(num_classes, global_pool)`,
@@ -25,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from metaformer.block import MetaFormerBlock
 from metaformer.norms import NORMS, build_norm
 from mixers import MIXERS
-from mixers.acts import ACTS
+from mixers.acts import ACTS, get_act
 from mixers.base import ResolutionBound
 
 # Mixers bound to a resolution check the input's shape in Python; torch.fx calls them as single leaf modules.
@@ -91,14 +97,50 @@ def add_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
 
 
 class Downsampling(nn.Module):
-    """A strided convolution between stages (3x3, stride 2, padding 1 in the paper)."""
+    """A strided convolution between stages (3x3, stride 2, padding 1 in the paper), after an optional norm (the
+    sequel's pre-norm: `norm` over the input channels, then the convolution)."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, padding: int) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        norm: str | Callable[..., nn.Module] | None = None,
+        norm_eps: float | None = None,
+    ) -> None:
         super().__init__()
+        self.norm = build_norm(norm, in_chs, norm_eps) if norm is not None else nn.Identity()
         self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(self.norm(x))
+
+
+class MlpHead(nn.Module):
+    """The sequel's classifier (ConvFormer, CAFormer): Linear to `mlp_ratio` x dim, activation (squared ReLU),
+    LayerNorm, dropout, Linear; the module names of timm's and sail-sg/metaformer's `MlpHead`."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        mlp_ratio: float = 4.0,
+        act: str | Callable[..., nn.Module] = "squared_relu",
+        eps: float = 1e-6,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = get_act(act)()
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.head_drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.head_drop(self.norm(self.act(self.fc1(x)))))
 
 
 class MetaFormer(nn.Module):
@@ -132,6 +174,16 @@ class MetaFormer(nn.Module):
         down_kernel, down_stride, down_padding: the convolution between stages (3, 2, 1 in the paper).
         head_norm: the norm before the head; None: the last stage's norm.
         num_stages: the number of stages (4 in the paper).
+        mlp_bias: biases in the channel MLP's two layers (False in the sequel).
+        norm_eps: eps of every norm in the model (stages, stem, downsampling, head; 1e-6 in the sequel); None:
+            each norm's own default (1e-5 for the built-in ones).
+        stem_norm: a norm after the stem convolution (the sequel's post-norm, `ln_nobias`); None: none.
+        down_norm: a norm before each downsampling convolution (the sequel's pre-norm); None: none.
+        head_pool_first: average the last map, then apply the head norm (the sequel, timm); False: norm the whole
+            map, then average (the PoolFormer paper's head).
+        mlp_head: the sequel's MLP classifier (ConvFormer, CAFormer) instead of one Linear layer.
+        head_mlp_ratio, head_act, head_dropout: the MLP classifier's hidden width (x channels), activation and
+            dropout before its last layer (the official `head_dropout`); only with `mlp_head=True`.
     """
 
     # timm's own attributes, never compiled by TorchScript
@@ -165,6 +217,15 @@ class MetaFormer(nn.Module):
         head_norm: str | Callable[..., nn.Module] | None = None,
         num_stages: int = 4,
         global_pool: str = "avg",
+        mlp_bias: bool = True,
+        norm_eps: float | None = None,
+        stem_norm: str | Callable[..., nn.Module] | None = None,
+        down_norm: str | Callable[..., nn.Module] | None = None,
+        head_pool_first: bool = False,
+        mlp_head: bool = False,
+        head_mlp_ratio: float = 4.0,
+        head_act: str | Callable[..., nn.Module] = "squared_relu",
+        head_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         n = num_stages
@@ -183,7 +244,13 @@ class MetaFormer(nn.Module):
         pos_embeds = per_stage(pos_embed, "pos_embed", n)
         for kind, names in (("mixer", mixers), ("norm", norms), ("act", acts)):
             _check_names(kind, names)
+        _check_names("norm", [n for n in (stem_norm, down_norm, head_norm) if n is not None])
+        _check_names("act", [head_act])
         _check_head(num_classes, global_pool)
+        if head_dropout and not mlp_head:
+            raise ValueError(
+                "head_dropout is the MLP classifier's dropout (mlp_head=True); the linear head's is drop_rate"
+            )
 
         self.num_classes, self.in_chans, self.num_stages = num_classes, in_chans, n
         self.global_pool = global_pool
@@ -194,8 +261,15 @@ class MetaFormer(nn.Module):
         self.stage_norm_layers = norms  # the norms as given (names or builders), for per-stage output norms
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
+        self.head_pool_first, self.mlp_head = head_pool_first, mlp_head
+        self.head_options = {
+            "mlp_ratio": head_mlp_ratio,
+            "act": head_act,
+            "eps": 1e-6 if norm_eps is None else norm_eps,
+            "drop": head_dropout,
+        }
 
-        self.stem = _Stem(in_chans, dims[0], stem_kernel, stem_stride, stem_padding)
+        self.stem = _Stem(in_chans, dims[0], stem_kernel, stem_stride, stem_padding, stem_norm, norm_eps)
         res = tuple(conv_out(s, stem_kernel, stem_stride, stem_padding) for s in self.img_size)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear over all blocks
@@ -205,7 +279,9 @@ class MetaFormer(nn.Module):
             if i == 0:
                 downsample: nn.Module = nn.Identity()
             else:
-                downsample = Downsampling(dims[i - 1], dims[i], down_kernel, down_stride, down_padding)
+                downsample = Downsampling(
+                    dims[i - 1], dims[i], down_kernel, down_stride, down_padding, down_norm, norm_eps
+                )
                 res = tuple(conv_out(s, down_kernel, down_stride, down_padding) for s in res)
                 reduction *= down_stride
             blocks = [
@@ -223,6 +299,8 @@ class MetaFormer(nn.Module):
                     res_scale_init=rs_inits[i],
                     residual=residuals[i],
                     channel_mlp=channel_mlps[i],
+                    mlp_bias=mlp_bias,
+                    norm_eps=norm_eps,
                 )
                 for j in range(depths[i])
             ]
@@ -232,9 +310,9 @@ class MetaFormer(nn.Module):
                 {"num_chs": dims[i], "reduction": reduction, "module": f"stages.{i}", "resolution": res}
             )
         self.stages = nn.Sequential(*stages)
-        self.norm = build_norm(head_norm or norms[-1], dims[-1])
+        self.norm = build_norm(head_norm or norms[-1], dims[-1], norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self._classifier(num_classes)
         self.apply(_init_weights)
 
         # A mixer or position embedding built for one feature-map size fixes the input size, as timm marks it.
@@ -273,7 +351,7 @@ class MetaFormer(nn.Module):
             "fixed_input_size": self.fixed_input_size,
             "num_classes": self.num_classes,
             "first_conv": "stem.conv",
-            "classifier": "head",
+            "classifier": "head.fc2" if self.mlp_head else "head",
         }
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -290,10 +368,19 @@ class MetaFormer(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Norm over the whole map, spatial mean (global_pool 'avg'; '' keeps the map), dropout, classifier."""
-        x = self.norm(x)
-        if self.global_pool == "avg":
-            x = x.mean((-2, -1))
+        """Norm over the whole map, spatial mean (global_pool 'avg'; '' keeps the map), dropout, classifier.
+
+        With `head_pool_first` the mean comes first and the norm sees the pooled (C, 1, 1) features.
+        """
+        if self.head_pool_first:
+            if self.global_pool == "avg":
+                x = self.norm(x.mean((-2, -1), keepdim=True)).flatten(1)
+            else:
+                x = self.norm(x)
+        else:
+            x = self.norm(x)
+            if self.global_pool == "avg":
+                x = x.mean((-2, -1))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -360,12 +447,17 @@ class MetaFormer(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         self.num_classes = num_classes
-        if num_classes > 0:
-            ref = self.stem.conv.weight
-            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            _init_weights(self.head)
-        else:
-            self.head = nn.Identity()
+        ref = self.stem.conv.weight
+        self.head = self._classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
+        self.head.apply(_init_weights)
+
+    def _classifier(self, num_classes: int) -> nn.Module:
+        """The classifier for `num_classes` outputs: one Linear layer, or the MLP head; 0: none."""
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.mlp_head:
+            return MlpHead(self.num_features, num_classes, **self.head_options)
+        return nn.Linear(self.num_features, num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each stage's activations in the backward pass instead of storing them (less memory)."""
@@ -390,16 +482,28 @@ class MetaFormer(nn.Module):
 
 
 class _Stem(nn.Module):
-    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, padding: int) -> None:
+    """The stem convolution, then an optional norm (the sequel's post-norm)."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        norm: str | Callable[..., nn.Module] | None = None,
+        norm_eps: float | None = None,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chans, dim, kernel, stride=stride, padding=padding)
+        self.norm = build_norm(norm, dim, norm_eps) if norm is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.norm(self.conv(x))
 
 
 def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Conv2d | nn.Linear):
+    if isinstance(m, nn.Conv2d | nn.Linear) and not m.weight.is_meta:  # meta tensors have no values to set
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)

@@ -1,6 +1,10 @@
-"""Loading PoolFormer weights: this project's checkpoints, timm's `poolformer_*` (v1) and the official release.
+"""Loading MetaFormer weights: this project's checkpoints, timm's `timm/models/metaformer.py` models (PoolFormer
+v1 and the sequel's PoolFormerV2, ConvFormer, CAFormer), the official PoolFormer release (sail-sg/poolformer) and
+the sequel's official release (sail-sg/metaformer: IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer).
 
-The layout is detected from the keys and remapped onto ours (which follows timm's stage/block names).
+The layout is detected from the keys and remapped onto ours (which follows timm's stage/block names). Linear
+weights of a checkpoint (the sequel's release writes its channel MLPs and separable convolutions' 1x1 layers as
+`nn.Linear`, timm its attention stages' MLPs) load into our 1x1 convolutions, reshaped.
 Files are read with `torch.load(weights_only=True)` or safetensors: no arbitrary objects are unpickled.
 Note: timm's PoolFormer averages the last map and then applies a LayerNorm, whereas the paper, the official
 release and this project normalise the whole map (GroupNorm, 1 group) and then average; with the same weights
@@ -100,10 +104,13 @@ def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
 
 
 def detect_layout(state_dict: StateDict) -> str:
-    """'official' (sail-sg/poolformer), 'timm' (timm's poolformer_*) or 'metaformer' (this project)."""
+    """'official' (sail-sg/poolformer), 'official_v2' (sail-sg/metaformer), 'timm' (timm's metaformer.py models)
+    or 'metaformer' (this project)."""
     keys = set(state_dict)
     if any(k.startswith(("network.", "patch_embed.")) for k in keys):
         return "official"
+    if any(k.startswith("downsample_layers.") for k in keys):
+        return "official_v2"
     if any(k.startswith(("head.fc.", "head.norm.")) for k in keys):
         return "timm"
     return "metaformer"
@@ -123,11 +130,26 @@ def _from_official(key: str) -> str:
     return key
 
 
+def _from_official_v2(key: str) -> str:
+    """sail-sg/metaformer's keys: `downsample_layers.0` (the stem: conv, post_norm), `downsample_layers.i`
+    (pre_norm, conv), `stages.i.j` (blocks), `norm` and `head` (Linear or MlpHead) as ours."""
+    key = re.sub(r"^downsample_layers\.0\.conv\.", "stem.conv.", key)
+    key = re.sub(r"^downsample_layers\.0\.post_norm\.", "stem.norm.", key)
+    key = re.sub(r"^downsample_layers\.(\d+)\.pre_norm\.", r"stages.\1.downsample.norm.", key)
+    key = re.sub(r"^downsample_layers\.(\d+)\.conv\.", r"stages.\1.downsample.conv.", key)
+    return re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
+
+
 def _from_timm(key: str) -> str:
     return re.sub(r"^head\.fc\.", "head.", re.sub(r"^head\.norm\.", "norm.", key))
 
 
-_REMAP = {"official": _from_official, "timm": _from_timm, "metaformer": lambda k: k}
+_REMAP = {
+    "official": _from_official,
+    "official_v2": _from_official_v2,
+    "timm": _from_timm,
+    "metaformer": lambda k: k,
+}
 
 
 def convert_state_dict(state_dict: StateDict) -> tuple[str, dict[str, torch.Tensor]]:
@@ -144,6 +166,13 @@ def split_backbone(state_dict: StateDict) -> tuple[dict[str, torch.Tensor], list
     return backbone, [k for k in state_dict if not k.startswith("backbone.")]
 
 
+def _fit(value: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+    """A Linear weight (out, in) for our 1x1 convolution (out, in, 1, 1); anything else as it is."""
+    if own is not None and own.dim() == 4 and own.shape[2:] == (1, 1) and value.shape == own.shape[:2]:
+        return value.reshape(own.shape)
+    return value
+
+
 def load_pretrained(model: nn.Module, source: str | Path | StateDict, strict: bool = True) -> LoadReport:
     """Load weights of any supported layout into `model`; strict by default, with a clear report of mismatches.
 
@@ -158,6 +187,7 @@ def load_pretrained(model: nn.Module, source: str | Path | StateDict, strict: bo
     ignored += [k for k in converted if k.startswith(drop)]
     converted = {k: v for k, v in converted.items() if not k.startswith(drop)}
     own = model.state_dict()
+    converted = {k: _fit(v, own.get(k)) for k, v in converted.items()}
     shape_errors = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in converted.items()

@@ -11,7 +11,11 @@ from mixers.registry import register_mixer
 
 @register_mixer("attn")
 class Attention(nn.Module):
-    """Self-attention with head_dim 32 by default, qkv without bias, via scaled_dot_product_attention."""
+    """Self-attention with head_dim 32 by default, qkv without bias, via scaled_dot_product_attention.
+
+    `proj_bias=False` is CAFormer's output projection (timm's and sail-sg/metaformer's `Attention`); the default
+    keeps the bias, as the PoolFormer paper's hybrids were built.
+    """
 
     def __init__(
         self,
@@ -21,6 +25,7 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -28,7 +33,7 @@ class Attention(nn.Module):
         inner = self.num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(inner, dim)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -120,3 +120,20 @@ def test_resolution_bound_mixers_refuse_other_sizes(name):
 def test_resolution_bound_mixers_need_a_resolution(name):
     with pytest.raises(ValueError, match="bound to its stage's resolution"):
         build_mixer(name, 4)
+
+
+def test_sepconv_names_follow_timm_and_loads_checkpoints_saved_before():
+    torch.manual_seed(0)
+    m = build_mixer("sepconv", 8, act="starrelu", act2="relu")
+    assert list(dict(m.named_children())) == ["pwconv1", "act1", "dwconv", "act2", "pwconv2"]
+    assert m.act is m.act1 and isinstance(m.act2, torch.nn.ReLU)
+    old = {k.replace("act1.", "act."): v + 1 for k, v in m.state_dict().items()}  # the key before the rename
+    fresh = build_mixer("sepconv", 8, act="starrelu", act2="relu")
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.act1.scale, m.act1.scale + 1)
+
+
+def test_attention_proj_bias_is_an_option():
+    assert build_mixer("attn", 64).proj.bias is not None  # the PoolFormer paper's hybrids
+    caformer = build_mixer("attn", 64, proj_bias=False)  # CAFormer's
+    assert caformer.proj.bias is None and caformer.qkv.bias is None and caformer.num_heads == 2
