@@ -1,4 +1,10 @@
-"""The PoolFormer family as the paper defines it (Table 1), a small CPU preset, and `create_model`.
+"""The PoolFormer family as the paper defines it (Table 1), the sequel's families, small CPU presets, `create_model`.
+
+The sequel ("MetaFormer Baselines for Vision", docs/paper_v2.md): IdentityFormer, RandFormer and PoolFormerV2
+(S12-M48), ConvFormer and CAFormer (S18-B36), each the same `MetaFormer` with the sequel's options (`_V2`), equal
+to timm's `timm/models/metaformer.py` model of the same name (parameters, MACs and logits with its weights) and,
+for IdentityFormer and RandFormer (not in timm), to sail-sg/metaformer's definitions. Their drop path rates (and
+CAFormer's head dropout) are the official training scripts' (sail-sg/metaformer `scripts/`).
 
 A preset is a dict of keyword values for `MetaFormer`; the architecture lives once in `model.py`. The presets
 are also registered in timm's model registry as `ablation_<name>`, each with its `pretrained_cfg` (input size,
@@ -10,7 +16,7 @@ mean/std, crop), and built through timm's `build_model_with_cfg`, so `timm.creat
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -38,6 +44,80 @@ _CPU = {
     "num_classes": 10,
 }
 
+# The sequel's block and macro design (sail-sg/metaformer, timm's MetaFormer defaults): a norm after the stem and
+# before each downsampling conv (LayerNorm over channels, no bias), StarReLU in a bias-free channel MLP, no layer
+# scale, res scale in stages 3-4, every norm with eps 1e-6, and the head averages first, then a LayerNorm (with bias).
+_V2 = {
+    "act": "starrelu",
+    "mlp_bias": False,
+    "layer_scale_init": None,
+    "res_scale_init": (None, None, 1.0, 1.0),
+    "norm_eps": 1e-6,
+    "stem_norm": "ln_nobias",
+    "down_norm": "ln_nobias",
+    "head_norm": "ln",
+    "head_pool_first": True,
+}
+# IdentityFormer, RandFormer, PoolFormerV2: GroupNorm(1) without bias in the blocks, a linear classifier.
+_V2_GN = {**_V2, "norm": "gn_nobias"}
+# ConvFormer, CAFormer: LayerNorm over channels without bias in the blocks, the MLP classifier.
+_V2_LN = {**_V2, "norm": "ln_nobias", "mlp_head": True}
+_SEPCONV = {"sepconv": {"act": "starrelu"}}  # ConvFormer's separable conv: StarReLU, no biases (its default)
+_ATTN = {"attn": {"head_dim": 32, "qkv_bias": False, "proj_bias": False}}  # CAFormer's attention
+
+_SIZES_12_48 = {  # depths, dims, drop path rate of the official training scripts (IdentityFormer/PoolFormerV2)
+    "s12": ((2, 2, 6, 2), _S["dims"], 0.1),
+    "s24": ((4, 4, 12, 4), _S["dims"], 0.1),
+    "s36": ((6, 6, 18, 6), _S["dims"], 0.2),
+    "m36": ((6, 6, 18, 6), _M["dims"], 0.3),
+    "m48": ((8, 8, 24, 8), _M["dims"], 0.4),
+}
+_RANDFORMER_DPR = {"m48": 0.3}  # scripts/randformer/train_randformer_m48.sh: 0.3, the others as above
+_SIZES_18_36 = {  # depths, dims (ConvFormer and CAFormer)
+    "s18": ((3, 3, 9, 3), (64, 128, 320, 512)),
+    "s36": ((3, 12, 18, 3), (64, 128, 320, 512)),
+    "m36": ((3, 12, 18, 3), (96, 192, 384, 576)),
+    "b36": ((3, 12, 18, 3), (128, 256, 512, 768)),
+}
+_CONVFORMER_DPR = {"s18": 0.2, "s36": 0.3, "m36": 0.4, "b36": 0.6}
+_CAFORMER_DPR_HEAD_DROPOUT = {"s18": (0.15, 0.0), "s36": (0.3, 0.4), "m36": (0.4, 0.4), "b36": (0.6, 0.5)}
+V2_FAMILIES = ("identityformer", "randformer", "poolformerv2", "convformer", "caformer")
+
+
+def _v2_presets() -> dict[str, dict[str, Any]]:
+    presets: dict[str, dict[str, Any]] = {}
+    for size, (depths, dims, dpr) in _SIZES_12_48.items():
+        shape = {"depths": depths, "dims": dims, "drop_path_rate": dpr}
+        presets[f"identityformer_{size}"] = {**_V2_GN, **shape, "mixer": "identity"}
+        presets[f"randformer_{size}"] = {
+            **_V2_GN,
+            **shape,
+            "drop_path_rate": _RANDFORMER_DPR.get(size, dpr),
+            # a frozen softmax-of-uniform token matrix of each stage's H*W tokens (RandomMixing) in stages 3-4
+            "mixer": ["identity", "identity", "random", "random"],
+        }
+        presets[f"poolformerv2_{size}"] = {**_V2_GN, **shape, "mixer": "pool"}
+    for size, (depths, dims) in _SIZES_18_36.items():
+        shape = {"depths": depths, "dims": dims}
+        presets[f"convformer_{size}"] = {
+            **_V2_LN,
+            **shape,
+            "mixer": "sepconv",
+            "mixer_options": _SEPCONV,
+            "drop_path_rate": _CONVFORMER_DPR[size],
+        }
+        dpr, head_dropout = _CAFORMER_DPR_HEAD_DROPOUT[size]
+        presets[f"caformer_{size}"] = {
+            **_V2_LN,
+            **shape,
+            "mixer": ["sepconv", "sepconv", "attn", "attn"],
+            "mixer_options": {**_SEPCONV, **_ATTN},
+            "drop_path_rate": dpr,
+            "head_dropout": head_dropout,
+        }
+    return presets
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "poolformer_s12": {**_S, "depths": (2, 2, 6, 2), "layer_scale_init": 1e-5, "drop_path_rate": 0.1},
     "poolformer_s24": {**_S, "depths": (4, 4, 12, 4), "layer_scale_init": 1e-5, "drop_path_rate": 0.1},
@@ -51,8 +131,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # is BatchNorm + ReLU, which learn faster than the paper's GroupNorm + GELU in a few epochs on this data.
     # Its last stage is a 1x1 grid: pooling there is pool(x) - x = 0, so it mixes no tokens (by design).
     "poolformer_cpu_patch4": {
-        **_CPU, "stem_kernel": 4, "stem_stride": 4, "stem_padding": 0, "norm": "bn", "act": "relu",
-    },  # fmt: skip
+        **_CPU,
+        "stem_kernel": 4,
+        "stem_stride": 4,
+        "stem_padding": 0,
+        "norm": "bn",
+        "act": "relu",
+    },
+    **_v2_presets(),
+    # The sequel's PoolFormerV2 block and macro design (stem/downsampling norms, StarReLU, res scale, pooled-first
+    # LayerNorm head) on poolformer_cpu's stages: the baseline of the sequel's ablations at the mini scale
+    # (conf/ablation_v2/).
+    "poolformerv2_cpu": {**_CPU, **_V2_GN, "mixer": "pool"},
 }
 # What every preset shares: MetaFormer's own defaults (read from its signature, not copied).
 _COMMON = {
@@ -79,6 +169,7 @@ def _cfg(**fields: Any) -> dict[str, Any]:
     }
 
 
+_V2_CFG = _cfg(crop_pct=1.0, paper_ids="arXiv:2210.13452")  # timm's and the official cfg: no crop
 _FASHION_MNIST_CFG = _cfg(
     input_size=(1, 28, 28),
     pool_size=(2, 2),
@@ -99,6 +190,16 @@ PRESET_CFGS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST: 1 channel, 28 px, its own mean/std (conf/data/fashion_mnist.yaml), no crop.
     "poolformer_cpu": _FASHION_MNIST_CFG,
     "poolformer_cpu_patch4": {**_FASHION_MNIST_CFG, "pool_size": (1, 1)},
+    **{
+        name: {
+            **_V2_CFG,
+            "fixed_input_size": name.startswith("randformer"),  # its random matrices are bound to 224 px
+            **({"classifier": "head.fc2"} if PRESETS[name].get("mlp_head") else {}),
+        }
+        for name in PRESETS
+        if name.startswith(V2_FAMILIES) and name != "poolformerv2_cpu"
+    },
+    "poolformerv2_cpu": {**_FASHION_MNIST_CFG, "paper_ids": "arXiv:2210.13452"},
 }
 _DATA_FIELDS = ("crop_pct", "interpolation", "mean", "std", "paper_ids")
 
@@ -123,7 +224,12 @@ def create_model(name: str, **overrides: Any) -> MetaFormer:
 def build_preset(name: str, model_cls: type[M], **overrides: Any) -> M:
     """Build preset `name` as `model_cls` (MetaFormer or a subclass such as the dense backbone), with overrides."""
     kwargs = preset_config(name)
-    kwargs.update({k: v for k, v in overrides.items() if v is not None or k in _NULLABLE})
+    overrides = {k: v for k, v in overrides.items() if v is not None or k in _NULLABLE}
+    if isinstance(overrides.get("mixer_options"), Mapping) and isinstance(
+        kwargs.get("mixer_options"), Mapping
+    ):
+        overrides["mixer_options"] = _merge_options(kwargs["mixer_options"], overrides["mixer_options"])
+    kwargs.update(overrides)
     try:
         model = model_cls(**kwargs)
     except TypeError as e:
@@ -133,7 +239,24 @@ def build_preset(name: str, model_cls: type[M], **overrides: Any) -> M:
 
 
 # Fields where None is a real value (None turns the feature off), not "keep the preset's".
-_NULLABLE = {"layer_scale_init", "res_scale_init", "head_norm", "mixer_options"}
+_NULLABLE = {
+    "layer_scale_init",
+    "res_scale_init",
+    "head_norm",
+    "mixer_options",
+    "stem_norm",
+    "down_norm",
+    "norm_eps",
+}
+
+
+def _merge_options(preset: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A preset's mixer options with the given ones over them, per mixer and option: CAFormer's attention keeps
+    `proj_bias=False` when `{"attn": {"head_dim": 64}}` is given. `mixer_options=None` drops the preset's."""
+    merged = {name: dict(opts) for name, opts in preset.items()}
+    for name, opts in given.items():
+        merged[name] = {**merged.get(name, {}), **dict(opts)}
+    return merged
 
 
 def _build_cfg(name: str, model: MetaFormer) -> dict[str, Any]:

@@ -44,15 +44,24 @@ def test_readme_calls():
 
 
 def test_list_models():
+    v2 = {
+        f"{family}_{size}"
+        for family in ("identityformer", "randformer", "poolformerv2")
+        for size in SIZES_12_48
+    }
+    v2 |= {
+        f"{family}_{size}" for family in ("convformer", "caformer") for size in ("s18", "s36", "m36", "b36")
+    }
     assert set(list_models()) == {
         "poolformer_cpu",
         "poolformer_cpu_patch4",
-        "poolformer_s12",
-        "poolformer_s24",
-        "poolformer_s36",
-        "poolformer_m36",
-        "poolformer_m48",
+        "poolformerv2_cpu",
+        *(f"poolformer_{size}" for size in SIZES_12_48),
+        *v2,
     }
+
+
+SIZES_12_48 = ("s12", "s24", "s36", "m36", "m48")
 
 
 @pytest.mark.parametrize(
@@ -70,7 +79,9 @@ def test_unknown_names_list_the_choices(field, bad):
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown model 'poolformer_s13'; presets: poolformer_cpu"):
+    with pytest.raises(
+        ValueError, match="unknown model 'poolformer_s13'; presets: caformer_b36, caformer_m36"
+    ):
         create_model("poolformer_s13")
 
 

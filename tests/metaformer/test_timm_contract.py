@@ -14,9 +14,15 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from metaformer import list_models
 from metaformer.presets import register_timm_model
 
-# Small builds of every preset (the contract does not depend on size), and the paper's hybrids.
+# Small builds of the PoolFormer presets and of the sequel's CAFormer and RandFormer at their smallest size (the
+# contract does not depend on size; CAFormer has the stem/downsampling norms, the MLP head, separable convolutions
+# and attention; RandFormer is bound to its input size), and the paper's hybrids.
 SMALL = {"depths": (1, 1, 1, 1), "dims": (16, 32, 48, 64)}
-BUILDS = {name: (name, SMALL) for name in list_models()} | {
+CONTRACT_PRESETS = [n for n in list_models() if n.startswith("poolformer_")] + [
+    "caformer_s18",
+    "randformer_s12",
+]
+BUILDS = {name: (name, SMALL) for name in CONTRACT_PRESETS} | {
     "hybrid": ("poolformer_s12", {**SMALL, "mixer": ["pool", "pool", "attn", "attn"]}),
     "hybrid_ln_pos": (
         "poolformer_s12",
@@ -43,7 +49,7 @@ def sample_input(model, batch=2):
     return torch.randn(batch, c, h, w)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CONTRACT_PRESETS)  # the sequel's others: test_presets_v2.py
 def test_pretrained_cfg_of_every_preset(name):
     with torch.device("meta"):  # the cfg needs the architecture, not the weights
         model = timm.create_model(f"ablation_{name}")
@@ -67,14 +73,15 @@ def test_pretrained_cfg_of_every_preset(name):
         f"{cfg['first_conv']}.weight" in model.state_dict()
         and f"{cfg['classifier']}.weight" in model.state_dict()
     )
-    assert cfg["fixed_input_size"] is False
+    assert cfg["fixed_input_size"] is name.startswith("randformer")  # its random matrices are bound to 224 px
     data = resolve_data_config(model=model)
     if name.startswith("poolformer_cpu"):  # Fashion-MNIST: grey 28 px, its own statistics, no crop
         assert data["input_size"] == (1, 28, 28) and data["mean"] == (0.2860,) and data["std"] == (0.3530,)
         assert (data["crop_pct"], data["interpolation"], cfg["num_classes"]) == (1.0, "bilinear", 10)
     else:
         assert data["input_size"] == (3, 224, 224) and data["mean"] == (0.485, 0.456, 0.406)
-        assert data["crop_pct"] == (0.95 if name.startswith("poolformer_m") else 0.9)
+        crop = 1.0 if not name.startswith("poolformer_") else 0.95 if name.startswith("poolformer_m") else 0.9
+        assert data["crop_pct"] == crop  # the sequel's models: timm's and the official crop_pct, 1.0
 
 
 def test_pretrained_cfg_follows_overrides():
@@ -187,7 +194,7 @@ def test_no_weight_decay_covers_position_embeddings():
     assert id(model.stages[2].pos_embed) in no_decay and id(model.stem.conv.weight) not in no_decay
 
 
-@pytest.mark.parametrize("key", ["poolformer_cpu", "poolformer_s12", "hybrid"])
+@pytest.mark.parametrize("key", ["poolformer_cpu", "poolformer_s12", "hybrid", "caformer_s18"])
 def test_features_only_uses_timms_wrappers(key):
     model = build(key, features_only=True, out_indices=(1, 3)).eval()
     assert isinstance(model, FeatureListNet)
@@ -207,7 +214,7 @@ def test_features_only_uses_timms_wrappers(key):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("key", ["poolformer_s12", "hybrid_ln_pos"])
+@pytest.mark.parametrize("key", ["poolformer_s12", "hybrid_ln_pos", "caformer_s18"])
 def test_forward_intermediates_and_pruning(key):
     model = build(key).eval()
     x = sample_input(model)
@@ -229,7 +236,7 @@ def test_forward_intermediates_and_pruning(key):
         torch.testing.assert_close(model(x), stages[1])  # no norm, no pool, no head left
 
 
-@pytest.mark.parametrize("key", ["poolformer_cpu", "hybrid_ln_pos", "fixed_mlp"])
+@pytest.mark.parametrize("key", ["poolformer_cpu", "hybrid_ln_pos", "fixed_mlp", "caformer_s18"])
 def test_fx_trace_and_torch_export_match_eager(key):
     model = (
         timm.create_model("ablation_poolformer_cpu", mixer=["pool", "pool", "mlp", "random"])
@@ -249,7 +256,7 @@ def test_fx_trace_and_torch_export_match_eager(key):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_of_a_preset_and_a_hybrid():
-    for key in ("poolformer_s12", "hybrid"):
+    for key in ("poolformer_s12", "hybrid", "caformer_s18"):
         with timm.layers.set_scriptable(True):
             model = build(key).eval()
         x = sample_input(model, batch=1)
