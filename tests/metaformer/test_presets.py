@@ -79,7 +79,9 @@ def test_profile_at_another_size_and_on_a_real_device():
 
 
 def test_the_main_jobs_preset_is_the_cpu_preset_on_4x4_patches():
-    cpu, patch4 = create_model("poolformer_cpu"), create_model("poolformer_cpu_patch4")
+    # patch4's block is the main job's (BatchNorm + ReLU); poolformer_cpu with that block has its layout
+    cpu, patch4 = create_model("poolformer_cpu", norm="bn", act="relu"), create_model("poolformer_cpu_patch4")
+    assert (patch4.stage_norms, patch4.stage_acts) == (["bn"] * 4, ["relu"] * 4)
     assert cpu.stage_resolutions == [(14, 14), (7, 7), (4, 4), (2, 2)]
     assert patch4.stage_resolutions == [(7, 7), (4, 4), (2, 2), (1, 1)]
     assert patch4.stem.conv.kernel_size == patch4.stem.conv.stride == (4, 4)
