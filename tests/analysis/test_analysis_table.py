@@ -300,7 +300,7 @@ def test_the_adjustment_turns_a_nominally_significant_row_undecided_and_its_inte
 def test_interval_p_and_outcome_agree_on_every_row(study_table):
     for _, r in study_table[study_table["p_value"].notna()].iterrows():
         excludes_zero = r["delta_ci_low"] > 0 or r["delta_ci_high"] < 0
-        inside = -0.5 < r["delta_ci_low"] and r["delta_ci_high"] < 0.5
+        inside = r["delta_ci_low"] > -0.5 and r["delta_ci_high"] < 0.5
         assert excludes_zero == (r["p_adj"] < 0.05) == (r["outcome"] in ("better", "worse")), r["label"]
         assert inside == (r["p_equivalence_adj"] < 0.05), r["label"]
         assert (r["outcome"] == "better") == (r["delta_ci_low"] > 0), r["label"]
