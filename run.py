@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metaformer.engine import train
-from metaformer.engine.config import check_argv, normalize_argv
+from metaformer.engine.command_line import check_argv, normalize_argv
 from metaformer.engine.distributed import worker_overrides
 from metaformer.errors import ConfigError, fail, report
 

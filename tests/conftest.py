@@ -62,7 +62,7 @@ def quick() -> list[str]:
 @pytest.fixture
 def compose_cfg() -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, as `python run.py OVERRIDES` would (without Hydra's runtime)."""
-    from metaformer.engine.config import normalize_argv
+    from metaformer.engine.command_line import normalize_argv
 
     def make(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -90,7 +90,6 @@ def cli(capsys, monkeypatch) -> Callable[..., Outcome]:
     """Run run.py's entry function in this process (as `python run.py ARGS` would run); return its Outcome."""
     import run
 
-    monkeypatch.setenv("METAFORMER_THREADS", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
 
@@ -117,7 +116,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     # One torch thread per run: on a CPU shared with other jobs, two OpenMP threads that wait on each other
     # slow a run down tenfold, and these runs are too small to gain from a second thread anyway.
-    env.setdefault("METAFORMER_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("WANDB_MODE", "offline")
     env["WANDB_SILENT"] = "true"
     env.update(extra)

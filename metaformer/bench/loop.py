@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from metaformer.engine.config import validate
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
 from metaformer.engine.parts import run_settings
+from metaformer.engine.validation import validate
 from metaformer.errors import run_main
 from metaformer.fast import autocast, prepare_input, prepare_model
 from metaformer.presets import create_model

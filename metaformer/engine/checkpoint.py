@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaformer.engine.config import ConfigError
-from metaformer.errors import one_line
+from metaformer.errors import ConfigError, one_line
 from metaformer.pretrained import read_checkpoint
 
 LAST, BEST = "last.pt", "best.pt"

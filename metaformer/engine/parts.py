@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -25,12 +27,14 @@ from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 
 from metaformer.engine import distributed as D
-from metaformer.engine.config import ConfigError, RunSpec
+from metaformer.engine.data import aug_config, build_data
+from metaformer.engine.data.datasets import DataFileError
 from metaformer.engine.loggers import MetricsCSV, WandbLogger
 from metaformer.engine.loop import Stepper
 from metaformer.engine.results import git_state, run_identity
 from metaformer.engine.schema import OPTIM_OWN_KEYS
-from metaformer.errors import one_line
+from metaformer.engine.validation import RunSpec, build_model, data_sizes
+from metaformer.errors import ConfigError, one_line
 from metaformer.fast import (
     Settings,
     bf16_supported,
@@ -39,11 +43,9 @@ from metaformer.fast import (
     resolve_precision,
     with_overrides,
 )
+from metaformer.profile import profile
 
 log = logging.getLogger(__name__)
-
-# Torch threads per process, when trainer.threads is not set.
-THREADS_ENV = "METAFORMER_THREADS"
 
 
 @dataclass
@@ -67,10 +69,6 @@ class Parts:
 
 def build_parts(cfg: DictConfig, spec: RunSpec, dist: D.DistInfo) -> Parts:
     """Set threads and determinism for this process, then build every part of the run from `cfg`."""
-    from metaformer import create_model, profile
-    from metaformer.engine.data import build_data
-    from metaformer.engine.data.datasets import DataFileError
-
     t = cfg.trainer
     parallel_jobs, sweep = _hydra_launcher()
     _set_threads(cfg, dist, parallel_jobs)
@@ -84,13 +82,9 @@ def build_parts(cfg: DictConfig, spec: RunSpec, dist: D.DistInfo) -> Parts:
         )  # fmt: skip
     except DataFileError as e:  # a data file that is there but truncated or corrupt
         raise ConfigError(one_line(e), exit_code=1) from e
-    try:
-        sized = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
-        model = create_model(cfg.model.name, **{**sized, **spec.model_kwargs})  # model.* keys win
-    except (ValueError, TypeError) as e:
-        raise ConfigError(one_line(e)) from e
-    mixers = list(getattr(model, "stage_mixers", spec.mixers))
-    identity = {**run_identity(cfg, mixers, data.name), **git_state()}
+    model = build_model(cfg.model.name, spec.model_kwargs, data_sizes(data))
+    mixers = list(model.stage_mixers)
+    identity = {**run_identity(cfg, data.name, spec), **git_state()}
     try:  # a forward pass at the data's size: resolution-bound mixers refuse maps of another size
         identity.update(profile(model, img_size=data.img_size, in_chans=data.in_chans))
     except ValueError as e:
@@ -142,8 +136,6 @@ def build_loggers(
     metrics = MetricsCSV(run_dir, resume_epoch=resume_epoch)
     if cfg.logger.get("name") != "wandb":
         return metrics, None
-    from hydra.core.hydra_config import HydraConfig
-
     name = f"{sweep}/{HydraConfig.get().job.num}" if HydraConfig.initialized() and sweep else None
     return metrics, WandbLogger(cfg, run_dir, group=sweep, name=name)
 
@@ -171,9 +163,6 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 
 def _hydra_launcher() -> tuple[int, str | None]:
     """(parallel jobs the launcher runs at once, the sweep folder's name) when running under a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return 1, None
     hc = HydraConfig.get()
@@ -186,7 +175,7 @@ def _hydra_launcher() -> tuple[int, str | None]:
 
 
 def _set_threads(cfg: DictConfig, dist: D.DistInfo, parallel_jobs: int) -> None:
-    requested = cfg.trainer.get("threads") or os.environ.get(THREADS_ENV)
+    requested = cfg.trainer.threads
     sharing = parallel_jobs * (dist.local_world_size if dist.device.type == "cpu" else 1)
     if requested or sharing > 1:
         torch.set_num_threads(D.split_threads(int(requested) if requested else None, sharing))
@@ -213,8 +202,6 @@ def _limit(limit: int | float | None, total: int) -> int:
 
 def _loss_fns(aug_cfg: DictConfig | None, num_classes: int) -> tuple[Mixup | None, nn.Module]:
     """timm's Mixup/CutMix and the loss that goes with it: soft targets, label smoothing, or plain CE."""
-    from metaformer.engine.data import aug_config
-
     aug = aug_config(aug_cfg)  # unset keys (or no aug group at all) mean off
     if aug.mixup > 0 or aug.cutmix > 0:
         mixup = Mixup(
@@ -235,7 +222,7 @@ def _learning_rate(optim: DictConfig, global_batch: int) -> float:
     """`optim.lr`, or timm's linear scaling rule: base_lr x global batch / base_batch (1e-3 x batch / 1024)."""
     if optim.get("lr") is not None:
         return float(optim.lr)
-    return float(optim.base_lr) * global_batch / float(optim.get("base_batch", 1024))
+    return float(optim.base_lr) * global_batch / float(optim.base_batch)
 
 
 def _build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:

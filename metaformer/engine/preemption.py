@@ -1,8 +1,9 @@
-"""Preemption: the signals that stop a run so it can continue later, and SLURM's requeue.
+"""Preemption: the signals that stop a run so it can continue later, when to stop, and SLURM's requeue.
 
-SIGTERM (SLURM's signal when it preempts or cancels a job) and SIGUSR1 (`sbatch --signal=USR1@120`, ahead of the
-time limit) are caught while a run trains: `StopRequest` only records them, and the trainer stops after the
-current optimizer step, saves last.pt there and ends the run as `preempted`. Under submitit
+SIGTERM (SLURM's signal when it preempts or cancels a job) and SIGUSR1 (`sbatch --signal=USR1@120`, 120 s ahead
+of the time limit) are caught while a run trains: `StopRequest` only records them; `StopProtocol` tells the
+trainer after each optimizer step whether to stop (every rank gets the same answer), the trainer saves last.pt
+there and ends the run as `preempted`, and `StopProtocol.exit` requeues the job and exits 128 + the signal. Under submitit
 (hydra-submitit-launcher) its own preemption signal is caught too, and handed on to submitit's handler after the
 checkpoint, which requeues the job. With `trainer.requeue=true` under plain SLURM, `requeue` asks `scontrol` to
 put the job back in the queue; a signal that goes on to an earlier handler (submitit's) is requeued by that
@@ -16,11 +17,17 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from metaformer.engine import distributed as D
+from metaformer.engine.results import write_results
 
 log = logging.getLogger(__name__)
 
-# The signals that preempt a run: SLURM's SIGTERM, and SIGUSR1 as `sbatch --signal=USR1@90` sends it.
+# The signals that preempt a run: SLURM's SIGTERM, and SIGUSR1 as `sbatch --signal=USR1@120` sends it.
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -88,6 +95,53 @@ class StopRequest:
         handler = self.earlier_handler
         if handler is not None:
             handler(self.signum, None)
+
+
+class StopProtocol:
+    """When a run stops for a signal, and what happens after: every rank agrees on a stop (under DDP the answer
+    costs a collective, so it is asked every `every` optimizer steps), and a stopped run requeues its SLURM job
+    when asked to (`requeue`) or hands the signal on to submitit's handler, then exits 128 + the signal."""
+
+    def __init__(self, request: StopRequest, dist: D.DistInfo, every: int, requeue: bool) -> None:
+        self.request, self.dist, self.every, self.requeue = request, dist, every, requeue
+        self._steps = 0
+
+    @property
+    def name(self) -> str:
+        """The received signal's name (SIGTERM, ...), 'none' before one."""
+        return self.request.name
+
+    def after_step(self) -> bool:
+        """Asked after each optimizer step: stop here?"""
+        if not self.dist.distributed:
+            return self.request.signum is not None
+        self._steps += 1
+        return self._steps % self.every == 0 and self.agreed()
+
+    def agreed(self) -> bool:
+        """True on every rank when a stop signal reached any rank (a collective under DDP)."""
+        asked = self.request.signum is not None
+        if not self.dist.distributed:
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.dist.device)
+        return D.all_reduce_sum(flag).item() > 0
+
+    def exit(self, record: dict[str, Any], run_dir: Path) -> NoReturn:
+        """After the `preempted` record was written: requeue the job if asked (plain SLURM) or hand the signal on
+        (submitit requeues), then exit 128 + the signal. A signal whose earlier handler requeues the job
+        (submitit's, for its own signal) is not requeued here too."""
+        signum = self.request.signum
+        job = slurm_job_id()
+        handed_on = self.request.requeued_by_earlier_handler
+        if self.requeue and job and self.dist.is_main and signum is not None and not handed_on:
+            problem = requeue(job)
+            record = {**record, "requeued": problem is None, "requeue_job": job}
+            if problem:
+                record["requeue_error"] = problem
+            write_results(run_dir, record)
+        if signum is not None:
+            self.request.hand_on()
+        raise SystemExit(128 + (signum if signum is not None else signal.SIGINT))
 
 
 def slurm_job_id() -> str | None:

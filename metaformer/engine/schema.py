@@ -3,9 +3,9 @@
 The YAML files of a group are presets over its dataclass (`defaults: [schema, _self_]`), and conf/config.yaml
 over `RunConfig`, so the defaults live here (or in the code they belong to), once, and OmegaConf refuses a value
 of the wrong type (`optim.lr=abc`, `seed=x`) with the key's name, before any training code runs. `+key=value`
-can add a key to any node, so `metaformer.engine.config.check_schema` refuses a key the code would not read
+can add a key to any node, so `metaformer.engine.validation.check_schema` refuses a key the code would not read
 (`+trainer.bogus=1`, `+optim.weight_decy=0.1`). Values are checked by building what the config describes
-(`metaformer.engine.config.validate`).
+(`metaformer.engine.validation.validate`).
 
 Open by design: `model` takes exactly the keywords of `create_model` (MetaFormer's signature, read here, not
 copied), `mixer_options.NAME` whatever mixer NAME takes (its signature), `sched` any `create_scheduler_v2`
@@ -198,19 +198,16 @@ class AblationConfig:
     paper_top1: float | None = None  # the paper's ImageNet top-1 for this row; null: not run there
 
 
-_DEFAULTS = inspect.signature(MetaFormer.__init__).parameters  # the model's own defaults, not copies
-
-
 @dataclass
 class RunConfig:
     """The top level of conf/config.yaml; the groups (model, data, ...) are typed by their own schemas."""
 
-    # one token mixer for every stage, or one per stage ([pool,pool,attn,attn]); `mixers.list_mixers()`
-    mixer: Any = _DEFAULTS["mixer"].default  # pool
-    norm: Any = _DEFAULTS[
-        "norm"
-    ].default  # one or one per stage; `metaformer.list_norms()` (gn: GroupNorm(1, C))
-    act: Any = _DEFAULTS["act"].default  # the channel MLP's activation (gelu), one or one per stage
+    # The block, per stage or one for all; null: the model preset's own (metaformer/presets.py). mixer: a token
+    # mixer (`mixers.list_mixers()`), or one per stage ([pool,pool,attn,attn]); norm: `metaformer.list_norms()`
+    # (gn: GroupNorm(1, C), the paper's); act: the channel MLP's activation (`metaformer.list_acts()`).
+    mixer: Any = None
+    norm: Any = None
+    act: Any = None
     # Options per mixer name, for every stage that has that mixer: mixer_options.pool.pool_size=5. Open by design:
     # a mixer takes the keywords of its signature, which also holds their defaults.
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -12,24 +12,22 @@ stop training after the current optimizer step, save `last.pt` there, mark the r
 128 + the signal number, after a SLURM requeue when `trainer.requeue=true` (the signals and the requeue are in
 `preemption.py`); running the same command again continues it exactly. Ctrl-C ends a run as `preempted` at once,
 resumable from the last epoch's `last.pt`. A job refused before training writes nothing into a folder that holds
-a run, and a `failed` results.json into a new one (`record_refusal`).
+a run, and a `failed` results.json into a new one (`results.record_refusal`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from timm.utils import random_seed
 
+from metaformer.block import MetaFormerBlock
 from metaformer.engine import distributed as D
 from metaformer.engine.checkpoint import (
     BEST,
@@ -40,35 +38,24 @@ from metaformer.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from metaformer.engine.config import ConfigError, RunSpec, validate
+from metaformer.engine.data.loaders import mix_seed
 from metaformer.engine.loggers import METRICS_FILE, format_epoch
 from metaformer.engine.loop import EpochStats, evaluate, train_one_epoch
-from metaformer.engine.parts import build_loggers, build_parts, plain_config, run_settings
-from metaformer.engine.preemption import StopRequest, requeue, slurm_job_id
-from metaformer.engine.results import RESULTS_FILE, git_state, run_identity, write_results
+from metaformer.engine.parts import build_loggers, build_parts, plain_config
+from metaformer.engine.preemption import StopProtocol, StopRequest
+from metaformer.engine.results import record_refusal, run_dir_of, save_hydra_files, write_results
 from metaformer.engine.state import TrainState
-from metaformer.errors import one_line
+from metaformer.engine.validation import RunSpec, degenerate_mixing, validate
 
-__all__ = ["Trainer", "record_refusal", "run_dir_of", "run_settings", "save_hydra_files", "train"]
+__all__ = ["Trainer", "train"]
 
 log = logging.getLogger(__name__)
 
-# A folder where every rank saves its final weights (for debugging DDP: all ranks must end with the same weights).
-RANK_WEIGHTS_ENV = "METAFORMER_SAVE_RANK_WEIGHTS"
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """The run folder: `output_dir` from the config, which defaults to Hydra's output folder."""
-    out = OmegaConf.select(cfg, "output_dir", throw_on_resolution_failure=False)
-    if not out:
-        raise ConfigError("no output folder: run through run.py (Hydra) or set output_dir=PATH")
-    return Path(str(out)).resolve()
-
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    # Reseeding from (seed, epoch, rank) makes every epoch reproducible, so a resumed run draws the same
-    # drop-path masks, Mixup coefficients and loader seeds as one that never stopped.
-    random_seed(seed * 10_007 + epoch * 1_009, rank)
+    # Reseeding from (seed, epoch) makes every epoch reproducible, so a resumed run draws the same drop-path
+    # masks, Mixup coefficients and loader seeds as one that never stopped (the data order has its own stream).
+    random_seed(mix_seed(seed, epoch) % 2**31, rank)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -86,6 +73,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except Exception as e:
         record_refusal(cfg, run_dir, e)
         raise
+    warning = degenerate_mixing(cfg, spec)
+    if warning and D.env_rank() == 0:
+        log.warning(warning)
     dist = D.init_distributed(cfg.trainer.device)
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
@@ -93,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             try:
                 run = Trainer(cfg, spec, dist, run_dir, start, stop)
             except Exception as e:
-                record_refusal(cfg, run_dir if dist.is_main else None, e, spec.mixers)
+                record_refusal(cfg, run_dir if dist.is_main else None, e, spec)
                 raise
             if dist.is_main:
                 save_hydra_files(run_dir, cfg)
@@ -102,49 +92,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         D.cleanup()
 
 
-def record_refusal(cfg: DictConfig, run_dir: Path | None, error: Exception, mixers: Any = None) -> None:
-    """Leave a `failed` results.json with the error (and `.hydra/`, which the analysis looks for) in a new run
-    folder whose job was refused before training (one job of a sweep, say), so the analysis lists it. A folder
-    that already holds a run (results.json or last.pt) is left exactly as it was, and so is one that is not
-    there."""
-    if run_dir is None or not run_dir.is_dir() or any((run_dir / f).exists() for f in (RESULTS_FILE, LAST)):
-        return
-    message = one_line(error)
-    try:
-        identity = run_identity(cfg, mixers if mixers is not None else cfg.mixer, cfg.data.get("name"))
-    except Exception:  # a config too broken to describe: the error says why
-        identity = {}
-    error_text = message if isinstance(error, ConfigError) else f"{type(error).__name__}: {message}"
-    with contextlib.suppress(OSError):
-        save_hydra_files(run_dir, cfg)
-        write_results(
-            run_dir, {"status": "failed", "epochs": 0, **identity, **git_state(), "error": error_text}
-        )
-
-
-def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
-    """Write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra does, once the run has started.
-
-    conf/config.yaml sets `hydra.output_subdir: null`, so that Hydra does not write them before the job runs:
-    a refused command must not overwrite the files of the run it was pointed at. Outside Hydra, or when the
-    user set `hydra.output_subdir` (Hydra then wrote them), nothing is written here.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
-        return
-    hydra_cfg = HydraConfig.instance().cfg
-    assert hydra_cfg is not None
-    folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"config.yaml": cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": hydra_cfg.hydra.overrides.task}
-    for name, node in files.items():
-        (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
-
-
 class Trainer:
     """One run, from its built parts to the final results: `fit()` runs the remaining epochs; between them it
-    logs, checkpoints the `TrainState` and watches for a stop signal."""
+    logs, checkpoints the `TrainState` and asks the `StopProtocol` whether a signal stops the run."""
 
     def __init__(
         self,
@@ -155,9 +105,9 @@ class Trainer:
         start: float,
         stop: StopRequest | None = None,
     ) -> None:
-        self.cfg, self.dist, self.run_dir = cfg, dist, run_dir
-        self.stop = stop or StopRequest()
-        self._stop_checks = 0
+        self.cfg, self.spec, self.dist, self.run_dir = cfg, spec, dist, run_dir
+        trainer = cfg.trainer
+        self.stop = StopProtocol(stop or StopRequest(), dist, trainer.log_interval, bool(trainer.requeue))
         self.parts = build_parts(cfg, spec, dist)
         self.step = self.parts.step
         self.state = TrainState(self.step, cfg.model.name, plain_config(cfg), started=start)
@@ -193,21 +143,21 @@ class Trainer:
 
     def results(self, status: str, **extra: Any) -> dict[str, Any]:
         """The results.json record as of now."""
-        st, p = self.state, self.parts
-        seconds = st.train_seconds
+        state, parts = self.state, self.parts
+        seconds = state.train_seconds
         return {
             "status": status,
-            **st.final,
-            **st.best,
-            "epochs": st.epoch,
-            "train_img_per_s": round(st.train_images / seconds, 1) if seconds else None,
-            "wall_s": round(st.wall_total(), 1),
-            **p.identity,
+            **state.final,
+            **state.best,
+            "epochs": state.epoch,
+            "train_img_per_s": round(state.train_images / seconds, 1) if seconds else None,
+            "wall_s": round(state.wall_total(), 1),
+            **parts.identity,
             "world_size": self.dist.world_size,
-            "global_batch": p.global_batch,
-            "lr": p.lr,
-            "precision": p.settings.precision,
-            "settings": p.settings.describe(),
+            "global_batch": parts.global_batch,
+            "lr": parts.lr,
+            "precision": parts.settings.precision,
+            "settings": parts.settings.describe(),
             "threads": torch.get_num_threads(),
             "run_dir": str(self.run_dir),
             **extra,
@@ -219,23 +169,39 @@ class Trainer:
             write_results(self.run_dir, record)
         return record
 
+    def describe(self) -> str:
+        """The start-up line: the model stage by stage (blocks x width @ token grid: mixer/norm/act), its size,
+        the data and how many images an epoch trains and evaluates, and how it runs."""
+        parts, spec = self.parts, self.spec
+        stages = " | ".join(
+            f"{depth}x{info['num_chs']} @ {h}x{w}: {mixer}/{norm}/{act}"
+            for depth, info, (h, w), mixer, norm, act in zip(
+                _depths(self.step.module), self.step.module.feature_info, spec.resolutions,
+                spec.mixers, spec.norms, spec.acts, strict=True,
+            )
+        )  # fmt: skip
+        data, batch = parts.data, self.cfg.trainer.batch_size
+        trained = min(parts.train_batches * batch * self.dist.world_size, data.num_train)
+        evaluated = data.num_val
+        if parts.val_batches is not None:
+            eval_batch = self.cfg.trainer.get("eval_batch_size") or 2 * batch
+            evaluated = min(data.num_val, parts.val_batches * eval_batch * self.dist.world_size)
+        return (
+            f"{self.cfg.model.name}: {parts.identity['params_m']:.2f}M params, {parts.identity['gmacs']:.3g} GMACs; "
+            f"stages (blocks x width @ grid: mixer/norm/act) {stages}; {data.name}: {trained} of {data.num_train} "
+            f"train / {evaluated} of {data.num_val} val images an epoch; device {self.dist.device.type} "
+            f"x{self.dist.world_size}, global batch {parts.global_batch}, lr {parts.lr:.2e}, {parts.settings.describe()}"
+        )
+
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs and return the final results record."""
-        t, p = self.cfg.trainer, self.parts
         if self.dist.is_main:
             self._write("running")
-            log.info(
-                "%s (%s) mixers=%s norm=%s act=%s: %.2fM params, %.3f GMACs on %s (%d train / %d val images), "
-                "device %s x%d, global batch %d, lr %.2e, %s",
-                self.cfg.model.name, p.data.name, p.mixers, self.cfg.norm,
-                self.cfg.act, p.identity["params_m"], p.identity["gmacs"], p.data.name,
-                p.data.num_train, p.data.num_val, self.dist.device.type, self.dist.world_size,
-                p.global_batch, p.lr, p.settings.describe(),
-            )  # fmt: skip
+            log.info(self.describe())
         status, extra = "completed", {}
         try:
-            while self.state.epoch < t.epochs:
-                if self._stop_agreed():  # asked between epochs: last.pt is this boundary's
+            while self.state.epoch < self.cfg.trainer.epochs:
+                if self.stop.agreed():  # asked between epochs: last.pt is this boundary's
                     status, extra = "preempted", self._preempted_info()
                     break
                 outcome = self._epoch(self.state.epoch)
@@ -253,24 +219,8 @@ class Trainer:
             raise
         record = self._finish(status, **extra)
         if status == "preempted":
-            self._after_preemption(record)
+            self.stop.exit(record, self.run_dir)
         return record
-
-    def _should_stop(self) -> bool:
-        """Asked after each optimizer step: stop here? Every rank gets the same answer (checked every
-        `log_interval` steps under DDP, where asking costs a collective)."""
-        if not self.dist.distributed:
-            return self.stop.signum is not None
-        self._stop_checks += 1
-        return self._stop_checks % self.cfg.trainer.log_interval == 0 and self._stop_agreed()
-
-    def _stop_agreed(self) -> bool:
-        """True on every rank when a stop signal reached any rank."""
-        asked = self.stop.signum is not None
-        if not self.dist.distributed:
-            return asked
-        flag = torch.tensor([1.0 if asked else 0.0], device=self.dist.device)
-        return D.all_reduce_sum(flag).item() > 0
 
     def _preempted_info(self) -> dict[str, Any]:
         where = f"after batch {self.partial.stopped_after} of epoch {self.state.epoch + 1}" if self.partial else (
@@ -290,31 +240,8 @@ class Trainer:
             "error": f"the training loss became NaN/inf at step {step} (epoch {epoch}, batch {batch})",
         }
 
-    def _after_preemption(self, record: dict[str, Any]) -> None:
-        """Requeue the job if asked (SLURM) or hand the signal on (submitit requeues), then exit 128 + signal.
-        A signal whose earlier handler requeues the job (submitit's, for its own signal) is not requeued here too."""
-        signum = self.stop.signum
-        job = slurm_job_id()
-        handed_on = self.stop.requeued_by_earlier_handler
-        if (
-            self.cfg.trainer.get("requeue")
-            and job
-            and self.dist.is_main
-            and signum is not None
-            and not handed_on
-        ):
-            problem = requeue(job)
-            record = {**record, "requeued": problem is None, "requeue_job": job}
-            if problem:
-                record["requeue_error"] = problem
-            write_results(self.run_dir, record)
-        if signum is not None:
-            self.stop.hand_on()
-        raise SystemExit(128 + (signum if signum is not None else signal.SIGINT))
-
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
         record = self._write(status, **extra)
-        self._save_rank_weights()
         if self.wandb is not None:
             self.wandb.finish(record)
         if self.dist.is_main:
@@ -328,72 +255,72 @@ class Trainer:
     def _epoch(self, epoch: int) -> str:
         """Train, evaluate, log and checkpoint one epoch; return 'done', 'diverged', or 'stopped' (by a signal,
         mid-epoch, with last.pt saved at that step)."""
-        t, s, p, st = self.cfg.trainer, self.step, self.parts, self.state
+        trainer, step, parts, state = self.cfg.trainer, self.step, self.parts, self.state
         partial, self.partial = self.partial, None
         _seed_epoch(self.cfg.seed, epoch, self.dist.rank)
         if partial is not None and self.partial_rng is not None:
             set_rng_state(self.partial_rng)  # the generators as they were when the epoch was cut
         # A resumed epoch starts at the batch where it was cut; the loader skips the ones before unread.
-        p.data.train.set_epoch(epoch, start_batch=(partial.stopped_after or 0) if partial else 0)
+        parts.data.train.set_epoch(epoch, start_batch=(partial.stopped_after or 0) if partial else 0)
         stats: EpochStats = train_one_epoch(
-            s, p.data.train, p.train_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
-            log_interval=t.log_interval, show_progress=self.dist.is_main, should_stop=self._should_stop,
+            step, parts.data.train, parts.train_batches, desc=f"epoch {epoch + 1}/{trainer.epochs}",
+            log_interval=trainer.log_interval, show_progress=self.dist.is_main, should_stop=self.stop.after_step,
             resume_from=partial,
         )  # fmt: skip
         if stats.diverged:
-            st.final["loss"] = None
-            self.diverged_at = (epoch + 1, stats.diverged_batch or p.train_batches)
+            state.final["loss"] = None
+            self.diverged_at = (epoch + 1, stats.diverged_batch or parts.train_batches)
             return "diverged"
         if stats.stopped_after is not None:
             self.partial = stats
             self._checkpoint_mid_epoch(stats)
             return "stopped"
-        st.end_epoch(stats)
-        if s.scheduler is not None:
-            s.scheduler.step(st.epoch)
-        lr = s.optimizer.param_groups[0]["lr"]  # at the epoch's last step, as timm's train.py logs it
-        row: dict[str, Any] = {"epoch": st.epoch, "lr": lr, "train_loss": stats.loss}
+        state.end_epoch(stats)
+        if step.scheduler is not None:
+            step.scheduler.step(state.epoch)
+        lr = step.optimizer.param_groups[0]["lr"]  # at the epoch's last step, as timm's train.py logs it
+        row: dict[str, Any] = {"epoch": state.epoch, "lr": lr, "train_loss": stats.loss}
         improved = False
-        if st.epoch % t.eval_interval == 0 or st.epoch == t.epochs:
+        if state.epoch % trainer.eval_interval == 0 or state.epoch == trainer.epochs:
             metrics, improved = self._evaluate()
             row.update(metrics)
         row.update(
             train_img_per_s=round(stats.img_per_s, 1),
             epoch_s=round(stats.seconds, 2),
-            wall_s=round(st.wall_total(), 1),
+            wall_s=round(state.wall_total(), 1),
         )
         rng = self._rng_states() if self._saves() else None  # a collective: every rank
         if self.dist.is_main:
-            log.info(format_epoch(row, t.epochs))
+            log.info(format_epoch(row, trainer.epochs))
             self.metrics.log(row)
             if self.wandb is not None:
                 self.wandb.log(row)
             if rng is not None:
-                st.rng = rng
+                state.rng = rng
                 self._checkpoint(improved)
         return "done"
 
     def _evaluate(self) -> tuple[dict[str, Any], bool]:
         """Evaluate the model (and its EMA); return the metrics and whether top-1 is a new best."""
-        s, st = self.step, self.state
+        step, state = self.step, self.state
         show, data, limit = self.dist.is_main, self.parts.data.val, self.parts.val_batches
-        metrics = evaluate(s.module, data, s, limit, show_progress=show)
+        metrics = evaluate(step.module, data, step, limit, show_progress=show)
         if metrics is None:
             return {}, False
-        if s.ema is not None:
-            ema = evaluate(s.ema.module, data, s, limit, show_progress=show)
+        if step.ema is not None:
+            ema = evaluate(step.ema.module, data, step, limit, show_progress=show)
             metrics.update({f"{k}_ema": v for k, v in (ema or {}).items()})
         # With EMA the averaged weights are the model (as in timm's train.py): they decide the best epoch.
-        key = "_ema" if s.ema is not None and "top1_ema" in metrics else ""
+        key = "_ema" if step.ema is not None and "top1_ema" in metrics else ""
         top1, top5 = metrics[f"top1{key}"], metrics[f"top5{key}"]
-        st.final = {"top1": top1, "top5": top5, "loss": metrics[f"val_loss{key}"]}
-        improved = st.best["best_top1"] is None or top1 > st.best["best_top1"]
+        state.final = {"top1": top1, "top5": top5, "loss": metrics[f"val_loss{key}"]}
+        improved = state.best["best_top1"] is None or top1 > state.best["best_top1"]
         if improved:
-            st.best = {"best_top1": top1, "best_top5": top5, "best_epoch": st.epoch}
+            state.best = {"best_top1": top1, "best_top5": top5, "best_epoch": state.epoch}
         return metrics, improved
 
     def _saves(self) -> bool:
-        return bool(self.cfg.trainer.get("save_checkpoints", True))
+        return bool(self.cfg.trainer.save_checkpoints)
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every rank's random-generator states, in rank order (a collective under DDP)."""
@@ -423,11 +350,10 @@ class Trainer:
             self.state.rng = rng
             self._checkpoint(False)
 
-    def _save_rank_weights(self) -> None:
-        folder = os.environ.get(RANK_WEIGHTS_ENV)
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            torch.save(self.step.module.state_dict(), Path(folder) / f"rank{self.dist.rank}.pt")
+
+def _depths(model: torch.nn.Module) -> list[int]:
+    """Blocks per stage."""
+    return [sum(isinstance(m, MetaFormerBlock) for m in stage.modules()) for stage in model.stages]
 
 
 def _pct(value: float | None) -> str:

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +20,15 @@ def results_of(folder):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_model(tmp_path, processes):
-    QUICK, RUN, cli_env = processes.quick, processes.run_py, processes.env
-    # Each rank saves its final weights into METAFORMER_SAVE_RANK_WEIGHTS; rank 0 alone writes the run folder.
+    QUICK, cli_env = processes.quick, processes.env
+    # Each rank saves its final weights into the folder (rank_weights_run.py); rank 0 alone writes the run folder.
+    # GroupNorm: BatchNorm's running statistics are each rank's own without trainer.sync_bn.
     weights = tmp_path / "rank_weights"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RUN),
-         *QUICK, "trainer.epochs=2", "hydra.run.dir=run"],
-        cwd=tmp_path, env=cli_env(METAFORMER_SAVE_RANK_WEIGHTS=str(weights)), capture_output=True, text=True,
-        timeout=300,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).with_name("rank_weights_run.py")), str(weights), *QUICK, "norm=gn", "trainer.epochs=2",
+         "hydra.run.dir=run"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0 = torch.load(weights / "rank0.pt", weights_only=True)
@@ -59,7 +61,7 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_
 def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path, processes):
     QUICK, cli_env = processes.quick, processes.env
     env = cli_env()
-    env.pop("METAFORMER_THREADS")  # let the launcher decide
+    env.pop("OMP_NUM_THREADS")  # let the launcher decide
     proc = run_cli(
         "-m", "seed=0,1", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
         env=env,

@@ -51,7 +51,7 @@ def test_refused_commands_leave_the_run_folder_as_it_was(finished_run, tmp_path,
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "payload": RunsCode()}, evil)
     cases = [  # (arguments, exit status, words of the one line)
-        (["norm=bn"], 2, "does not match the configured model"),
+        (["norm=ln"], 2, "does not match the configured model"),
         (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer"),
         ([f"resume={tmp_path / 'nowhere'}"], 1, "no such file or folder"),
         ([f"resume={evil}"], 1, "not a weights-only checkpoint"),
@@ -61,7 +61,7 @@ def test_refused_commands_leave_the_run_folder_as_it_was(finished_run, tmp_path,
         assert refused.code == code, (args, refused.err)
         assert len(refused.lines) == 1 and words in refused.lines[0], refused.err
         assert _unchanged(before, folder_snapshot(run)), args
-    assert "norm=bn" not in (run / ".hydra" / "overrides.yaml").read_text()
+    assert "norm=ln" not in (run / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_a_corrupt_last_pt_is_named_as_corrupt_and_left_alone(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metaformer import MetaFormer, create_model, profile
-from metaformer.engine.config import validate
+from metaformer.engine.validation import validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 ROWS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
@@ -53,7 +53,7 @@ def test_every_paper_row_and_the_extra_mixers_are_there(compose_row):
 
 @pytest.mark.parametrize("row", ROWS)
 def test_row_composes_validates_and_trains_a_step_at_the_mini_scale(row, compose_row):
-    cfg = compose_row(row)
+    cfg = compose_row(row, "+experiment=mini")
     assert cfg.ablation.name == row
     paper = TABLE5.get(cfg.ablation.label)
     assert cfg.ablation.paper_top1 == (paper[2] if paper else None)
@@ -83,17 +83,62 @@ def test_row_costs_what_the_paper_says_at_s12(row, compose_row):
     assert (round(stats["params_m"], 1), round(stats["gmacs"], 1)) == (params_m, gmacs)
 
 
-def test_every_row_changes_the_papers_block_whatever_the_recipe_sets(compose_row, compose_cfg):
+# What each row builds under +experiment=mini (poolformer_cpu, the paper's block): per-stage mixers, norm, act,
+# and the model keywords it sets. Written out, so that a change in how rows compose shows up here.
+P4, PAPER = ["pool"] * 4, ("gn", "gelu")
+BLOCKS = {
+    "baseline": (P4, *PAPER, {}),
+    "act_relu": (P4, "gn", "relu", {}),
+    "act_silu": (P4, "gn", "silu", {}),
+    "norm_bn": (P4, "bn", "gelu", {}),
+    "norm_ln": (P4, "ln", "gelu", {}),
+    "norm_none": (P4, "none", "gelu", {}),
+    "no_residual": (P4, *PAPER, {"residual": False}),
+    "no_channel_mlp": (P4, *PAPER, {"channel_mlp": False}),
+    "pool_size_5": (P4, *PAPER, {"mixer_options": {"pool": {"pool_size": 5}}}),
+    "pool_size_7": (P4, *PAPER, {"mixer_options": {"pool": {"pool_size": 7}}}),
+    "pool_size_9": (P4, *PAPER, {"mixer_options": {"pool": {"pool_size": 9}}}),
+    "hybrid_pool_pool_attn_attn": (
+        ["pool", "pool", "attn", "attn"],
+        "ln",
+        "gelu",
+        {"pos_embed": [0, 0, 1, 0]},
+    ),
+    "hybrid_pool_pool_pool_attn": (
+        ["pool", "pool", "pool", "attn"],
+        "ln",
+        "gelu",
+        {"pos_embed": [0, 0, 0, 1]},
+    ),
+    "hybrid_pool_pool_mlp_mlp": (["pool", "pool", "mlp", "mlp"], *PAPER, {}),
+    "hybrid_pool_pool_pool_mlp": (["pool", "pool", "pool", "mlp"], *PAPER, {}),
+    "mixer_attn": (["attn"] * 4, "ln", "gelu", {"pos_embed": [1, 0, 0, 0]}),  # a ViT-like MetaFormer
+    **{f"mixer_{m}": ([m] * 4, *PAPER, {}) for m in ("dwconv", "fft", "fnet", "identity", "mlp", "random")},
+    "mixer_sepconv": (["sepconv"] * 4, *PAPER, {}),
+}
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_each_row_builds_the_papers_block_with_one_part_changed(row, compose_row):
+    mixers, norm, act, changed = BLOCKS[row]
+    spec = validate(compose_row(row, "+experiment=mini"))
+    assert (spec.mixers, spec.norms, spec.acts) == (mixers, [norm] * 4, [act] * 4)
+    block = ("mixer", "norm", "act")  # checked above, built
+    kwargs = {k: v for k, v in spec.model_kwargs.items() if v != {} and k not in block}
+    expected = {k: [bool(x) for x in v] if k == "pos_embed" else v for k, v in changed.items()}
+    assert kwargs == expected  # the row's own keys, and nothing to undo
+
+
+def test_the_baseline_row_is_the_models_own_block(compose_row):
     paper = {k: inspect.signature(MetaFormer).parameters[k].default for k in ("mixer", "norm", "act")}
-    assert {
-        k: compose_cfg("+block=paper")[k] for k in paper
-    } == paper  # conf/block/paper.yaml: the model's defaults
-    main = compose_cfg()
-    assert (main.norm, main.act) == ("bn", "relu")  # the main job's recipe (conf/recipe/fashion_mnist.yaml)
-    assert {k: compose_row("baseline")[k] for k in paper} == paper
-    for row in ROWS:  # the same block as under the mini experiment, which has no recipe
-        on_main, on_mini = compose_row(row), compose_row(row, "+experiment=mini")
-        assert {k: on_main[k] for k in paper} == {k: on_mini[k] for k in paper}, row
+    assert paper == {
+        "mixer": "pool",
+        "norm": "gn",
+        "act": "gelu",
+    }  # the paper's block is MetaFormer's default
+    main = validate(compose_row("baseline"))  # on the main job's model, the rows change its block (BN + ReLU)
+    assert (main.norms, main.acts) == (["bn"] * 4, ["relu"] * 4)
+    assert validate(compose_row("norm_ln")).acts == ["relu"] * 4
 
 
 def test_rows_compose_with_other_overrides(compose_row):

@@ -90,7 +90,7 @@ def test_train_from_python_with_ema_accumulation_and_clipping(tmp_path, compose_
     assert (
         config["output_dir"] == str(tmp_path)
         and config["trainer"]["ema"] is True
-        and config["mixer"] == "pool"
+        and config["mixer"] is None  # null: the preset's
     )
 
 

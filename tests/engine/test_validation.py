@@ -1,4 +1,5 @@
-"""conf/ composes the way the README says, and `validate` turns every bad value into one informative line."""
+"""conf/ composes the way the README says, and `validate` turns every bad value into one informative line; the
+command-line checks before Hydra (`command_line`) answer what Hydra would answer in several lines."""
 
 from pathlib import Path
 
@@ -7,15 +8,9 @@ from torch import nn
 
 from metaformer import list_models
 from metaformer.engine import ConfigError, validate
-from metaformer.engine.config import (
-    check_composes,
-    check_mixer_options,
-    check_overrides,
-    check_writable,
-    model_kwargs,
-    normalize_argv,
-)
+from metaformer.engine.command_line import check_composes, check_overrides, normalize_argv
 from metaformer.engine.results import read_results, run_identity, write_results
+from metaformer.engine.validation import check_mixer_options, check_writable, degenerate_mixing, model_kwargs
 from mixers import register_mixer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -24,12 +19,33 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 def test_the_main_job_is_the_cpu_preset_on_fashion_mnist_with_its_short_recipe(compose_cfg):
     cfg = compose_cfg()
     assert (cfg.model.name, cfg.data.name, cfg.mixer, cfg.norm, cfg.act) == (
-        "poolformer_cpu_patch4", "fashion_mnist", "pool", "bn", "relu",
+        "poolformer_cpu_patch4", "fashion_mnist", None, None, None,
     )  # fmt: skip
+    spec = validate(cfg)  # the block is the preset's: BatchNorm + ReLU, not the recipe's
+    assert (spec.mixers, spec.norms, spec.acts) == (["pool"] * 4, ["bn"] * 4, ["relu"] * 4)
+    assert spec.resolutions == [(7, 7), (4, 4), (2, 2), (1, 1)]
+    assert degenerate_mixing(cfg, spec) is None  # the preset's own pooling on 1x1 goes unremarked
     assert cfg.aug.hflip == 0 and cfg.aug.mixup == 0  # aug=none: see conf/recipe/fashion_mnist.yaml
     assert compose_cfg("aug=light").aug.hflip > 0
     assert (cfg.optim.opt, cfg.optim.weight_decay, cfg.sched.sched) == ("adamw", 0.05, "cosine")
     assert cfg.logger.name == "csv" and cfg.resume is True
+
+
+def test_the_missions_command_trains_groupnorm_with_the_main_jobs_other_choices(compose_cfg):
+    cfg = compose_cfg("mixer=[pool,pool,attn,attn]", "norm=gn")
+    spec = validate(cfg)
+    assert (spec.mixers, spec.norms, spec.acts) == (
+        ["pool", "pool", "attn", "attn"],
+        ["gn"] * 4,
+        ["relu"] * 4,
+    )
+    main = compose_cfg()
+    for key in ("trainer", "optim", "sched", "aug", "data"):
+        assert cfg[key] == main[key]
+    warning = degenerate_mixing(cfg, spec)  # the user's attention lands on the 1x1 grid: said once
+    assert warning.startswith("stage 4 (attn) runs on a 1x1 grid (grids 7/4/2/1 px")
+    tokens = compose_cfg("model=poolformer_cpu", "mixer=[pool,pool,attn,attn]", "norm=gn")
+    assert degenerate_mixing(tokens, validate(tokens)) is None  # grids 14/7/4/2
 
 
 def test_every_preset_has_a_model_config_that_keeps_the_presets_values(compose_cfg):
@@ -56,7 +72,7 @@ def test_extra_model_keys_are_create_model_keywords(compose_cfg):
     )
     kw = model_kwargs(cfg)
     assert kw["residual"] is False and kw["pos_embed"] == [False, False, True, False]
-    assert kw["drop_path_rate"] == 0.2 and kw["mixer"] == "pool"
+    assert kw["drop_path_rate"] == 0.2 and "mixer" not in kw  # null: the preset's
 
 
 def test_the_data_set_brings_its_recipe_and_the_command_line_still_wins(compose_cfg):
@@ -79,12 +95,13 @@ def test_an_ablation_row_is_a_global_override_and_lands_in_the_results_identity(
     )
     cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "+ablation=demo")
     assert model_kwargs(cfg)["residual"] is False
-    ident = run_identity(cfg, ["pool"] * 4, "fashion_mnist")
+    ident = run_identity(cfg, "fashion_mnist", validate(cfg))
     assert (ident["ablation"], ident["group"], ident["label"], ident["paper_top1"]) == (
         "demo", "components", "no residual", 0.1,
     )  # fmt: skip
-    plain = run_identity(compose_cfg(), ["pool"] * 4, "fashion_mnist")
+    plain = run_identity(compose_cfg(), "fashion_mnist", validate(compose_cfg()))
     assert plain["label"] is plain["ablation"] is plain["paper_top1"] is None
+    assert (plain["mixers"], plain["norm"], plain["act"]) == (["pool"] * 4, "bn", "relu")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +214,7 @@ def test_norm_and_act_take_one_name_per_stage_too(tmp_path, compose_cfg):
     cfg = compose_cfg("norm=[gn,gn,bn,bn]", "act=[gelu,gelu,relu,relu]", "data=synthetic")
     kw = validate(cfg).model_kwargs
     assert kw["norm"] == ["gn", "gn", "bn", "bn"] and kw["act"] == ["gelu", "gelu", "relu", "relu"]
-    write_results(tmp_path, run_identity(cfg, ["pool"] * 4, "synthetic"))  # plain lists in results.json
+    write_results(tmp_path, run_identity(cfg, "synthetic", validate(cfg)))  # plain lists in results.json
     assert read_results(tmp_path)["norm"] == ["gn", "gn", "bn", "bn"]
     with pytest.raises(ConfigError, match=r"^act has 2 entries but the model has 4 stages: give one"):
         validate(compose_cfg("act=[gelu,relu]", "data=synthetic"))

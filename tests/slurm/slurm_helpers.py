@@ -55,7 +55,7 @@ def slurm() -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "RANK", "WORLD_SIZE")}
     env["SLURM_CONF"] = str(STATE / "slurm.conf")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env["METAFORMER_THREADS"] = "1"  # two jobs share the two cores; one torch thread each
+    env["OMP_NUM_THREADS"] = "1"  # two jobs share the two cores; one torch thread each
     env["WANDB_MODE"] = "offline"
     yield env
     if not was_up:

@@ -261,7 +261,7 @@ def check_synthetic(cfg: DictConfig) -> None:
 
 def load_synthetic(cfg: DictConfig) -> TensorSplits:
     """Return random images with a learnable signal: a blocky per-class template plus noise, fixed by data.seed."""
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    gen = torch.Generator().manual_seed(int(cfg.seed))  # data_config gave it the schema's default
     size, chans = int(cfg.img_size), int(cfg.in_chans)
     templates = torch.rand(int(cfg.num_classes), chans, 4, 4, generator=gen)
     templates = F.interpolate(templates, size=(size, size), mode="nearest")
