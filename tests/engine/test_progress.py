@@ -100,7 +100,7 @@ def test_training_without_a_terminal_logs_progress_lines(caplog, monkeypatch):
     assert lines[-1].startswith("epoch 1/3: batch 9/10 (90%), loss ") and " img/s, eta 0:" in lines[-1]
     loss = float(lines[-1].split("loss ")[1].split(",")[0])
     assert 0 < loss < 5 and stats.images == 40
-    assert sys.stderr.getvalue() == ""  # and no bar
+    assert "it/s" not in sys.stderr.getvalue()  # and no bar
 
 
 def test_evaluation_without_a_terminal_logs_progress_lines(caplog, monkeypatch):
