@@ -26,11 +26,11 @@ data:
 train: setup data
 	$(PY) run.py $(ARGS)
 
-# The main suite, then the SLURM group against a local one-node cluster (scripts/slurm-local.sh), which needs
+# The main suite (pytest-xdist: one worker per core), then the SLURM group against a local one-node cluster (scripts/slurm-local.sh), which needs
 # root: as root the cluster is started here (apt-get installs SLURM when missing) and stopped afterwards
 # unless it was up already; without root its tests skip with the reason (in CI, CI=true, they fail).
 test: setup data
-	$(PY) -m pytest -q -m "not slurm" $(ARGS)
+	$(PY) -m pytest -q -n auto -m "not slurm" $(ARGS)
 	$(MAKE) --no-print-directory test-slurm
 
 test-slurm: setup
