@@ -14,11 +14,13 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from metaformer import list_models
 from metaformer.presets import register_timm_model
 
-# Small builds of the PoolFormer presets and of the sequel's CAFormer and RandFormer at their smallest size (the
-# contract does not depend on size; CAFormer has the stem/downsampling norms, the MLP head, separable convolutions
-# and attention; RandFormer is bound to its input size), and the paper's hybrids.
+# Small builds of the PoolFormer presets, the sequel's block on the CPU stages (poolformerv2_cpu) and the sequel's
+# CAFormer and RandFormer at their smallest size (the contract does not depend on size; CAFormer has the
+# stem/downsampling norms, the MLP head, separable convolutions and attention; RandFormer is bound to its input
+# size), and the paper's hybrids. The other presets of the sequel: tests/metaformer/test_presets_v2.py.
 SMALL = {"depths": (1, 1, 1, 1), "dims": (16, 32, 48, 64)}
 CONTRACT_PRESETS = [n for n in list_models() if n.startswith("poolformer_")] + [
+    "poolformerv2_cpu",
     "caformer_s18",
     "randformer_s12",
 ]
@@ -75,7 +77,7 @@ def test_pretrained_cfg_of_every_preset(name):
     )
     assert cfg["fixed_input_size"] is name.startswith("randformer")  # its random matrices are bound to 224 px
     data = resolve_data_config(model=model)
-    if name.startswith("poolformer_cpu"):  # Fashion-MNIST: grey 28 px, its own statistics, no crop
+    if "_cpu" in name:  # Fashion-MNIST: grey 28 px, its own statistics, no crop
         assert data["input_size"] == (1, 28, 28) and data["mean"] == (0.2860,) and data["std"] == (0.3530,)
         assert (data["crop_pct"], data["interpolation"], cfg["num_classes"]) == (1.0, "bilinear", 10)
     else:
