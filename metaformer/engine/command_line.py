@@ -20,8 +20,11 @@ from hydra.core.override_parser.types import ValueType
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from metaformer.engine.validation import check_schema, check_writable
-from metaformer.errors import ConfigError, composition_message, fail
+# `python run.py --help` prints conf/hydra/help/metaformer.yaml, whose live lists need the `metaformer_help`
+# resolver that importing this module registers.
+from metaformer.engine import help as _help  # noqa: F401
+from metaformer.engine.validation import check_schema, check_writable, known_keys
+from metaformer.errors import ConfigError, check_split_lists, composition_message, fail
 
 __all__ = ["CONF_DIR", "PreflightCallback", "check_argv", "normalize_argv"]
 
@@ -44,7 +47,11 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def check_argv(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """Exit with one line when argv names something Hydra would refuse in several: a launcher plugin that is not
     installed, an option of a config group (model=, data=, ...) that has no file in conf/, a value of the wrong
-    type or a key the schema does not have (in a `-m` sweep, each swept value)."""
+    type or a key the schema does not have (in a `-m` sweep, each swept value), a list the shell split at its
+    spaces."""
+    split = check_split_lists(argv)
+    if split:
+        fail(split, 2)
     check_launcher(argv)
     try:
         check_modes(argv)
@@ -132,7 +139,7 @@ def compose_checked(overrides: list[str], conf_dir: Path = CONF_DIR) -> DictConf
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
     except Exception as e:  # hydra.errors.ConfigCompositionException, omegaconf's errors
-        raise ConfigError(composition_message(e)) from e
+        raise ConfigError(composition_message(e, known_keys=known_keys, groups=_help.config_groups())) from e
     check_schema(cfg)
     return cfg
 

@@ -23,10 +23,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-# `python run.py --help` reads conf/hydra/help/metaformer.yaml, whose live parts need the `metaformer_help`
-# resolver: importing the help module registers it, and run.py imports this module (metaformer.engine).
-from metaformer.engine import help as _help  # noqa: F401
-
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"

@@ -22,6 +22,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from metaformer.engine.loggers import PROGRESS_INTERVAL_S
 from metaformer.model import MetaFormer
 
 
@@ -56,6 +57,8 @@ class TrainerConfig:
     threads: int | None = None
     deterministic: bool | None = None  # null: on for the CPU, off for CUDA (cudnn.benchmark)
     log_interval: int = 50  # steps between progress-bar updates and NaN checks
+    # seconds between progress lines when stderr is no terminal (a sweep, SLURM, tee); null or 0: none
+    progress_interval_s: float | None = PROGRESS_INTERVAL_S
     save_checkpoints: bool = True  # last.pt every epoch, best.pt at each new best top-1
     # SLURM: after SIGTERM/SIGUSR1 saved last.pt, `scontrol requeue` the job (sbatch --requeue)
     requeue: bool = False

@@ -265,7 +265,7 @@ class Trainer:
         stats: EpochStats = train_one_epoch(
             step, parts.data.train, parts.train_batches, desc=f"epoch {epoch + 1}/{trainer.epochs}",
             log_interval=trainer.log_interval, show_progress=self.dist.is_main, should_stop=self.stop.after_step,
-            resume_from=partial,
+            resume_from=partial, progress_interval_s=trainer.progress_interval_s,
         )  # fmt: skip
         if stats.diverged:
             state.final["loss"] = None
@@ -304,11 +304,12 @@ class Trainer:
         """Evaluate the model (and its EMA); return the metrics and whether top-1 is a new best."""
         step, state = self.step, self.state
         show, data, limit = self.dist.is_main, self.parts.data.val, self.parts.val_batches
-        metrics = evaluate(step.module, data, step, limit, show_progress=show)
+        every = self.cfg.trainer.progress_interval_s
+        metrics = evaluate(step.module, data, step, limit, show_progress=show, progress_interval_s=every)
         if metrics is None:
             return {}, False
         if step.ema is not None:
-            ema = evaluate(step.ema.module, data, step, limit, show_progress=show)
+            ema = evaluate(step.ema.module, data, step, limit, show_progress=show, progress_interval_s=every)
             metrics.update({f"{k}_ema": v for k, v in (ema or {}).items()})
         # With EMA the averaged weights are the model (as in timm's train.py): they decide the best epoch.
         key = "_ema" if step.ema is not None and "top1_ema" in metrics else ""

@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaformer.engine.data import check_data
 from metaformer.engine.schema import SCHEMAS, RunConfig, SchedConfig
-from metaformer.errors import ConfigError, one_line
+from metaformer.errors import ConfigError, one_line, unknown_key_message
 from metaformer.fast import PRECISION_CHOICES
 from metaformer.model import MetaFormer
 from metaformer.presets import create_model
@@ -302,5 +302,4 @@ def check_schema(cfg: DictConfig) -> None:
         for key in node:
             if key not in known and not (group == "" and key == "hydra"):
                 where = f"{group}.{key}" if group else key
-                takes = f"{group} takes" if group else "the top level takes"
-                raise ConfigError(f"unknown key {where}; {takes}: {_choices(known)}")
+                raise ConfigError(unknown_key_message(where, {g: known_keys(g) for g in ("", *SCHEMAS)}))

@@ -105,7 +105,7 @@ CASES = {
     "a misspelt optimizer option": (
         ["+optim.weight_decy=0.1"],
         2,
-        "unknown key optim.weight_decy; optim takes: opt, lr",
+        "unknown key optim.weight_decy; did you mean optim.weight_decay? (optim takes: opt, lr",
     ),
     "an unset value": (["trainer.epochs=???"], 2, "trainer.epochs is not set (a data set's recipe"),
     "zero epochs": (["trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),

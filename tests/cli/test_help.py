@@ -11,9 +11,7 @@ import mixers
 from metaformer.engine.help import config_groups, help_section
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-# conf/config.yaml selects the template (`- override hydra/help: metaformer`); until it does, the command line.
-SELECTED = "override hydra/help: metaformer" in (CONF / "config.yaml").read_text()
-HELP = ["--help"] if SELECTED else ["--help", "hydra/help=metaformer"]
+HELP = ["--help"]  # conf/config.yaml selects the template: `- override hydra/help: metaformer`
 
 
 @pytest.fixture

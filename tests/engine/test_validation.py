@@ -142,7 +142,7 @@ def test_a_depths_override_changes_the_number_of_stages_a_mixer_list_needs(compo
         (["+model.bogus=1"], "unknown key model.bogus; model takes: name, depths, dims"),
         (["+foo=1"], "unknown key foo; the top level takes: mixer, norm, act, mixer_options"),
         (["+sched.bogus=1"], "unknown key sched.bogus; sched takes: sched, warmup_epochs"),
-        (["+aug.flip=0.5"], "unknown key aug.flip; aug takes: random_crop_padding, hflip"),
+        (["+aug.flip=0.5"], "unknown key aug.flip; did you mean aug.hflip"),
         (["seed=x"], "could not be converted to Integer; full_key: seed"),
         (["aug.hflip=x"], "could not be converted to Float; full_key: aug.hflip"),
         (["model.drop_path_rate=x"], "could not be converted to Float; full_key: model.drop_path_rate"),
