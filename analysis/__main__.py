@@ -1,8 +1,9 @@
 """`python -m analysis PATH [PATH ...]`: print the ablation table of the runs under PATH, optionally write files.
 
 `python -m analysis replay PATH ...` replays the sequential rule (analysis.sequential) on a recorded study and
-`python -m analysis simulate [PATH ...]` measures its error and power on drawn numbers (analysis.simulate); a
-first argument naming an existing file or folder is always a PATH.
+`python -m analysis simulate [PATH ...]` measures its error and power on drawn numbers (analysis.simulate);
+`python -m analysis front SWEEP` prints the Pareto front of a search and plots it (analysis.front); a first
+argument naming an existing file or folder is always a PATH.
 
 Reading, grouping and rendering live in `collect`, `table`, `plots` and `report`; this module only parses the
 command line, prints, and turns input errors into one line on stderr and exit status 2.
@@ -199,7 +200,58 @@ def simulate_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"replay": replay_main, "simulate": simulate_main}
+def build_front_parser() -> argparse.ArgumentParser:
+    """Return the parser of `python -m analysis front`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis front",
+        description="The Pareto front (top-1 up, MACs down) of a search (python run.py -m +search=NAME): a table "
+        "of its members, and a plot of every trial with the front and the hand-made hybrids marked.",
+    )
+    parser.add_argument("sweep", metavar="SWEEP", help="the search's sweep folder (it holds search.json)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="where front.png (and confirm_rows.yaml) go (default: SWEEP)"
+    )
+    parser.add_argument(
+        "--confirm",
+        action="store_true",
+        help="also write confirm_rows.yaml (the baseline and the front's members) and print the adaptive study "
+        "that re-trains them with more seeds and decides each against the baseline (paired by seed), and the "
+        "command for its table",
+    )
+    return parser
+
+
+def front_main(argv: list[str]) -> int:
+    """`python -m analysis front`: print the front's table, write front.png, optionally the confirmation study."""
+    from analysis.front import confirm_command, plot_front, render_front, search_front, write_confirm_rows
+
+    args = build_front_parser().parse_args(argv)
+    out = Path(args.out or args.sweep)
+    try:
+        front = search_front(args.sweep)
+        print(render_front(front))
+        rows = write_confirm_rows(front, out / "confirm_rows.yaml") if args.confirm else None
+    except AnalysisError as e:
+        report(e, prog="")
+        return 2
+    except OSError as e:
+        report(f"cannot write to {out}: {e}", prog="")
+        return 1
+    try:
+        written = plot_front(front, out / "front.png")
+    except OSError as e:
+        report(f"cannot write to {out}: {e}", prog="")
+        return 1
+    print(f"wrote {written}", file=sys.stderr)
+    if rows is not None:
+        print(
+            "\nRe-train the front with more seeds and decide each member against the baseline (adaptive study):"
+        )
+        print("\n".join(confirm_command(front, rows.resolve())))
+    return 0
+
+
+COMMANDS = {"replay": replay_main, "simulate": simulate_main, "front": front_main}
 
 
 def main(argv: list[str] | None = None) -> int:

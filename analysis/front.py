@@ -1,0 +1,236 @@
+"""The Pareto front of a search (`hydra/sweeper=search`): top-1 against MACs over its trained trials.
+
+`search_front(sweep_dir)` reads the trials' run folders (analysis.collect) and the sweep's `search.json` (what
+was searched, the objectives, the budget, the hand-made references and the baseline) and returns one row per
+trained trial: the candidate (the searched overrides), top-1, GMACs, parameters, status, whether it is on the
+front (no other trial has at least its top-1 at no more MACs, and better in one), and whether it is a
+reference. `render_front` prints the front as a table, `plot_front` draws every trial with the front highlighted
+and the references marked, and `confirm_rows` / `confirm_command` give the adaptive study
+(hydra_plugins/metaformer_sweepers/adaptive.py) that re-trains the front's members with more seeds and decides
+each against the baseline with the paired, group-sequential rule of analysis.sequential.
+
+Nothing here imports torch or optuna: the run folders are the record (optuna.db only steers the search).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from analysis.collect import AnalysisError, collect_runs, split_overrides
+
+STATE = "search.json"
+SPACE_KEYS = {"mixer": "mixer", "norm": "norm", "act": "act", "mlp_ratios": "model.mlp_ratios"}
+
+
+def read_state(sweep_dir: str | os.PathLike) -> dict[str, Any]:
+    """The sweep's search.json; AnalysisError when the folder is not a search's."""
+    path = Path(sweep_dir) / STATE
+    if not path.is_file():
+        raise AnalysisError(
+            f"{sweep_dir}: no {STATE}: not the folder of a search (python run.py -m +search=NAME)"
+        )
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AnalysisError(f"{path}: unreadable ({e})") from e
+    return state
+
+
+def is_search(path: str | os.PathLike) -> bool:
+    return (Path(path) / STATE).is_file()
+
+
+def candidate_overrides(candidate: dict[str, list[Any]]) -> str:
+    """`mixer=[pool,pool,attn,attn]`-style overrides of a candidate, joined, in the search's key order."""
+    return " ".join(f"{SPACE_KEYS[k]}=[{','.join(str(v) for v in vals)}]" for k, vals in candidate.items())
+
+
+def pareto(top1: np.ndarray, gmacs: np.ndarray) -> np.ndarray:
+    """Mask of the points no other point dominates (at least the top-1 at no more MACs, better in one)."""
+    on = np.ones(len(top1), dtype=bool)
+    for i in range(len(top1)):
+        others = (top1 >= top1[i]) & (gmacs <= gmacs[i]) & ((top1 > top1[i]) | (gmacs < gmacs[i]))
+        on[i] = not others.any()
+    return on
+
+
+def search_front(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per trained trial of the search in `sweep_dir` (see the module's docstring); `attrs["state"]` is
+    search.json."""
+    state = read_state(sweep_dir)
+    folders = sorted(Path(sweep_dir).glob("trial_*"), key=lambda p: int(p.name.partition("_")[2] or -1))
+    folders = [f for f in folders if (f / ".hydra" / "config.yaml").is_file()]
+    if not folders:
+        raise AnalysisError(f"{sweep_dir}: the search has no trained trial yet")
+    runs = collect_runs(folders)
+    searched = [SPACE_KEYS[k] for k in state.get("space", {})]
+
+    def candidate(overrides: str) -> str:
+        own = {o.partition("=")[0]: o for o in split_overrides(overrides)}
+        return " ".join(own[k] for k in searched if k in own)
+
+    front = pd.DataFrame(
+        {
+            "trial": [int(Path(f).name.partition("_")[2]) for f in runs["folder"]],
+            "candidate": runs["overrides"].map(candidate),
+            "top1": runs["top1"],
+            "gmacs": runs["gmacs"],
+            "params_m": runs["params_m"],
+            "status": runs["status"],
+            "usable": runs["usable"],
+            "folder": runs["folder"],
+        }
+    )
+    ok = front["usable"].to_numpy() & np.isfinite(front["gmacs"].to_numpy(dtype=float))
+    on = np.zeros(len(front), dtype=bool)
+    on[ok] = pareto(front["top1"].to_numpy(dtype=float)[ok], front["gmacs"].to_numpy(dtype=float)[ok])
+    budget = state.get("max_gmacs")
+    if budget is not None:
+        on &= front["gmacs"].to_numpy(dtype=float) <= budget
+    front["on_front"] = on
+    refs = [set(split_overrides(candidate_overrides(r))) for r in state.get("references") or []]
+    front["reference"] = front["candidate"].map(
+        lambda c: next((i + 1 for i, r in enumerate(refs) if r <= set(split_overrides(c))), 0)
+    )
+    base = state.get("baseline")
+    front["is_baseline"] = front["candidate"].eq(candidate_overrides(base)) if base else False
+    front = front.sort_values(["on_front", "gmacs"], ascending=[False, True], kind="stable").reset_index(
+        drop=True
+    )
+    front.attrs["state"] = state
+    front.attrs["sweep_dir"] = str(sweep_dir)
+    return front
+
+
+def render_front(front: pd.DataFrame) -> str:
+    """The front's members as a markdown table (fewest MACs first), and a line on the whole search."""
+    state = front.attrs.get("state", {})
+    members = front[front["on_front"]].sort_values("gmacs")
+    table = pd.DataFrame(
+        {
+            "trial": members["trial"],
+            "candidate": members["candidate"],
+            "top-1": members["top1"].map(lambda x: f"{x:.2f}"),
+            "GMACs": members["gmacs"].map(lambda x: f"{x:.4g}"),
+            "params (M)": members["params_m"].map(lambda x: f"{x:.3g}" if x == x else ""),
+            "note": [
+                ", ".join(n for n in ("reference" if r else "", "baseline" if b else "") if n)
+                for r, b in zip(members["reference"], members["is_baseline"], strict=True)
+            ],
+        }
+    )
+    counts = state.get("counts") or {}
+    failed = int((~front["usable"]).sum())
+    budget = state.get("max_gmacs")
+    lines = [
+        f"Pareto front (top-1 up, MACs down) of {len(front)} trained trials"
+        + (f", {failed} failed or diverged (told to Optuna as FAIL)" if failed else "")
+        + (
+            f"; {counts['over_budget']} candidates over the {budget:g} GMACs budget were not trained"
+            if budget is not None and counts.get("over_budget")
+            else ""
+        )
+        + f". Objectives: {', '.join(state.get('objectives', []))}; sampler {state.get('sampler')}"
+        + f" (seed {state.get('seed')}).",
+    ]
+    refs = front[front["reference"] > 0]
+    if len(refs):
+        lines.append(
+            "References (hand-made hybrids): "
+            + "; ".join(
+                f"{c}: {t:.2f} at {g:.4g} GMACs"
+                for c, t, g in zip(refs["candidate"], refs["top1"], refs["gmacs"], strict=True)
+                if t == t
+            )  # fmt: skip
+            + "."
+        )
+    return table.to_markdown(index=False, disable_numparse=True) + "\n\n" + "\n".join(lines)
+
+
+def plot_front(front: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Every trained trial as a point (top-1 against GMACs), the front joined and highlighted, the references
+    marked and named, the MAC budget as a dashed line; a PNG at `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ok = front[front["usable"]]
+    fig = Figure(figsize=(8.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(ok["gmacs"], ok["top1"], s=22, color="0.6", label="trial", zorder=2)
+    members = ok[ok["on_front"]].sort_values("gmacs")
+    ax.step(members["gmacs"], members["top1"], where="post", color="tab:red", lw=1.2, zorder=3)
+    ax.scatter(members["gmacs"], members["top1"], s=46, color="tab:red", label="Pareto front", zorder=4)
+    refs = ok[ok["reference"] > 0]
+    ax.scatter(refs["gmacs"], refs["top1"], s=190, marker="*", facecolors="none", edgecolors="tab:blue",
+               linewidths=1.3, label="paper's hybrids", zorder=5)  # fmt: skip
+    middle = (ok["gmacs"].min() + ok["gmacs"].max()) / 2 if len(ok) else 0
+    for _, r in refs.iterrows():
+        text = r["candidate"].partition("=")[2] if r["candidate"].startswith("mixer=") else r["candidate"]
+        right = r["gmacs"] > middle  # the name on the side with room
+        ax.annotate(text, (r["gmacs"], r["top1"]), xytext=(-8 if right else 8, -13), textcoords="offset points",
+                    fontsize=8, color="tab:blue", ha="right" if right else "left")  # fmt: skip
+    base = ok[ok["is_baseline"]]
+    if len(base):
+        ax.scatter(base["gmacs"], base["top1"], s=80, marker="D", facecolors="none", edgecolors="black",
+                   label="baseline", zorder=5)  # fmt: skip
+    budget = front.attrs.get("state", {}).get("max_gmacs")
+    if budget is not None:
+        ax.axvline(budget, color="black", ls="--", lw=0.8, label=f"budget {budget:g} GMACs")
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"Search {Path(front.attrs.get('sweep_dir', '')).name}: {len(ok)} trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.08, y=0.08)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def confirm_rows(front: pd.DataFrame) -> dict[str, list[str]]:
+    """Rows for the confirmation study: `baseline` (the search's) and each front member (`front_<trial>`)."""
+    state = front.attrs.get("state", {})
+    base = state.get("baseline")
+    if not base:
+        raise AnalysisError("the search names no baseline (hydra.sweeper.baseline in conf/search/NAME.yaml): "
+                            "nothing to confirm the front against")  # fmt: skip
+    base_overrides = candidate_overrides(base)
+    rows = {"baseline": split_overrides(base_overrides)}
+    for _, r in front[front["on_front"]].sort_values("gmacs").iterrows():
+        if r["candidate"] != base_overrides:
+            rows[f"front_{r['trial']}"] = split_overrides(r["candidate"])
+    if len(rows) < 2:
+        raise AnalysisError("the front holds only the baseline: nothing to confirm")
+    return rows
+
+
+def confirm_command(front: pd.DataFrame, rows_file: str | os.PathLike) -> list[str]:
+    """The commands that re-train the front with more seeds (the adaptive study) and print their paired table."""
+    state = front.attrs.get("state", {})
+    sweep = Path(front.attrs.get("sweep_dir", "."))
+    fixed = [o for o in state.get("fixed", [])
+             if o.partition("=")[0].lstrip("+~") not in ("search", "seed") and not o.lstrip("+~").startswith("hydra")]  # fmt: skip
+    base = candidate_overrides(state["baseline"])
+    confirm = sweep / "confirm"
+    run = ["python", "run.py", "-m", "hydra/sweeper=adaptive", *fixed, f"hydra.sweeper.rows_file={rows_file}",
+           "hydra.sweeper.baseline=baseline", f"hydra.sweep.dir={confirm}"]  # fmt: skip
+    table = ["python", "-m", "analysis", str(confirm), "--baseline", base]
+    return [shlex.join(run), shlex.join(table)]
+
+
+def write_confirm_rows(front: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(confirm_rows(front), sort_keys=False))
+    return path
