@@ -71,6 +71,10 @@ class AdaptiveSweeper(FolderSweeper):
     ) -> None:
         check_options(self.name, unknown, OPTIONS)
         super().__init__(max_batch_size)
+        if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+            refuse(
+                f"hydra.sweeper.margin={margin}: give 0 or more points of top-1 (0: no equivalence), e.g. 0.5"
+            )
         if spending not in SPENDING:
             refuse(f"hydra.sweeper.spending={spending}: choose one of {', '.join(SPENDING)}")
         if max_seeds is not None:
