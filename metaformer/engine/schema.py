@@ -62,6 +62,9 @@ class TrainerConfig:
     save_checkpoints: bool = True  # last.pt every epoch, best.pt at each new best top-1
     # SLURM: after SIGTERM/SIGUSR1 saved last.pt, `scontrol requeue` the job (sbatch --requeue)
     requeue: bool = False
+    # Train seeds seed, seed+1, ..., seed+K-1 in one process as one vmapped model, each into its own run folder
+    # <run dir>/seed_<S>/ (metaformer/engine/packed.py); 1: this seed alone, in the run folder itself.
+    pack_seeds: int = 1
 
 
 @dataclass

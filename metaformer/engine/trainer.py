@@ -80,6 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         run_dir = Path(D.broadcast_object(str(run_dir) if run_dir else None))
         with StopRequest() as stop:
+            if cfg.trainer.get("pack_seeds", 1) > 1:  # seeds packed into one vmapped model
+                from metaformer.engine.packed import train_packed  # imports this module
+
+                return train_packed(cfg, spec, dist, run_dir, start, stop)
             try:
                 run = Trainer(cfg, spec, dist, run_dir, start, stop)
             except Exception as e:

@@ -27,6 +27,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaformer.engine.data import check_data
+from metaformer.engine.packing import check_packable
 from metaformer.engine.schema import SCHEMAS, RunConfig, SchedConfig
 from metaformer.errors import ConfigError, one_line, unknown_key_message
 from metaformer.fast import PRECISION_CHOICES
@@ -111,6 +112,7 @@ def validate(cfg: DictConfig, run_dir: Path | None = None) -> RunSpec:
     _check_set(cfg)
     _check_trainer(cfg.trainer)
     _check_batch_norm(model, cfg.trainer.batch_size)
+    check_packable(cfg, model)  # trainer.pack_seeds > 1: what a vmapped pack of seeds cannot train
     _check_optimizer(cfg.optim)
     _check_resume(cfg.get("resume"))
     if cfg.logger.get("name") == "wandb" and importlib.util.find_spec("wandb") is None:
