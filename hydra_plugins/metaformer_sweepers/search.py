@@ -210,16 +210,20 @@ class SearchSweeper(FolderSweeper):
         except ConfigError as e:
             fail(str(e), e.exit_code)
 
-    def cost(self, fixed: list[str], overrides: list[str]) -> float:
-        """The candidate's GMACs, from its model built on the meta device; ConfigError when it cannot be built."""
+    def cost(self, base: DictConfig, candidate: dict[str, list[Any]]) -> float:
+        """The candidate's GMACs, from its model built on the meta device; ConfigError when it cannot be built.
+        The candidate's config is the fixed overrides' (`base`, composed once) with its per-stage lists set: the
+        searched keys are plain values, so composing each candidate again would give the same config, slower."""
         import torch
 
         from metaformer.engine.validation import build_model, data_sizes, validate
         from metaformer.profile import profile
 
-        key = " ".join(overrides)
+        key = " ".join(SearchSpace.overrides(candidate))
         if key not in self._costs:
-            cfg = self.compose([*fixed, *overrides])
+            cfg = base.copy()
+            for name, values in candidate.items():
+                OmegaConf.update(cfg, SPACE_KEYS[name], list(values), merge=False)
             spec = validate(cfg)
             with torch.device("meta"):
                 model = build_model(cfg.model.name, spec.model_kwargs, data_sizes(cfg.data))
@@ -320,7 +324,7 @@ class SearchSweeper(FolderSweeper):
         if not study.trials:
             for ref in references:
                 study.enqueue_trial(space.params(ref), skip_if_exists=True)
-        counts = self.search(study, space, fixed)
+        counts = self.search(study, space, fixed, cfg)
         self.write_state(STATE, {**state, "counts": counts})
         self.summary()
         return counts
@@ -342,7 +346,7 @@ class SearchSweeper(FolderSweeper):
                    "command to continue it, or choose another hydra.sweep.dir")  # fmt: skip
         return study
 
-    def search(self, study: Any, space: SearchSpace, fixed: list[str]) -> dict[str, int]:
+    def search(self, study: Any, space: SearchSpace, fixed: list[str], base: DictConfig) -> dict[str, int]:
         """Ask, check the cost, train in batches, tell; until `n_trials` trials are trained."""
         import optuna
         from optuna.trial import TrialState
@@ -377,7 +381,8 @@ class SearchSweeper(FolderSweeper):
                 and in_a_row < self.max_rejected
             ):
                 trial = study.ask()
-                overrides = space.overrides(space.suggest(trial))
+                candidate = space.suggest(trial)
+                overrides = space.overrides(candidate)
                 key = " ".join(overrides)
                 trial.set_user_attr("key", key)
                 if key in seen or key in {b[2] for b in batch}:
@@ -386,7 +391,7 @@ class SearchSweeper(FolderSweeper):
                     in_a_row += 1
                     continue
                 try:
-                    gmacs = self.cost(fixed, overrides)
+                    gmacs = self.cost(base, candidate)
                 except ConfigError as e:
                     trial.set_user_attr("error", str(e))
                     study.tell(trial, state=TrialState.FAIL)

@@ -9,7 +9,8 @@ import json
 import pytest
 import yaml
 
-ROWS = "+ablation=baseline,act_relu,mixer_identity,norm_bn"
+# glob, not a list: run.py checks each value of a list by composing it, which costs half a second a value.
+ROWS = "+ablation=glob([baseline,act_relu,mixer_identity,norm_bn])"
 # Made-up top-1 by row: identity far better, ReLU the same within ±0.05 (equivalent), BN unclear (noisy).
 NOISE = [0.3, -0.2, 0.1, -0.4, 0.25, 0.0]
 SHIFT = {"baseline": 0.0, "mixer_identity": 5.0, "act_relu": 0.0, "norm_bn": 0.5}
@@ -87,9 +88,7 @@ def test_the_budget_stops_the_study_before_a_round_that_does_not_fit(cli, fake_l
             "max_runs=11 is smaller than the first round: 4 rows x 3 seeds = 12 runs",
         ),
         ("+hydra.sweeper.marginn=1", "no option hydra.sweeper.marginn; did you mean hydra.sweeper.margin?"),
-        ("hydra.sweeper.spending=linear", "spending=linear: choose one of pocock, obf"),
         ("seed=1", "the adaptive sweeper chooses the seeds"),
-        ("hydra.sweeper.baseline=act_gelu", "baseline=act_gelu matches no row"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_any_run(cli, fake_launcher, tmp_path, extra, message):
