@@ -118,3 +118,18 @@ def test_a_real_study_trains_only_the_undecided_row_again(cli, tmp_path, quick):
     stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/seed_*/results.json")}
     assert cli(*command).code == 0  # the same command again: nothing is trained
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/seed_*/results.json")} == stamps
+
+
+def test_the_mini_study_config_selects_the_sweeper_and_a_folder_of_its_own():
+    from hydra import compose, initialize_config_dir
+
+    from metaformer.engine.command_line import CONF_DIR  # registers the schemas the configs name
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["+experiment=mini", "+study=mini"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("adaptive.AdaptiveSweeper")
+    assert (cfg.hydra.sweep.dir, cfg.hydra.sweeper.max_runs, cfg.hydra.launcher.n_jobs) == (
+        "multirun/mini_adaptive",
+        200,
+        2,
+    )
