@@ -128,11 +128,13 @@ def render_front(front: pd.DataFrame) -> str:
         }
     )
     counts = state.get("counts") or {}
-    failed = int((~front["usable"]).sum())
+    failed = int(front["status"].isin(["failed", "diverged"]).sum())
+    unfinished = int((~front["usable"] & ~front["status"].isin(["failed", "diverged"])).sum())
     budget = state.get("max_gmacs")
     lines = [
-        f"Pareto front (top-1 up, MACs down) of {len(front)} trained trials"
+        f"Pareto front (top-1 up, MACs down) of {len(front)} trials"
         + (f", {failed} failed or diverged (told to Optuna as FAIL)" if failed else "")
+        + (f", {unfinished} not finished" if unfinished else "")
         + (
             f"; {counts['over_budget']} candidates over the {budget:g} GMACs budget were not trained"
             if budget is not None and counts.get("over_budget")
@@ -141,6 +143,14 @@ def render_front(front: pd.DataFrame) -> str:
         + f". Objectives: {', '.join(state.get('objectives', []))}; sampler {state.get('sampler')}"
         + f" (seed {state.get('seed')}).",
     ]
+    if len(state.get("objectives", [])) == 1 and len(members):
+        name = state["objectives"][0]
+        best = members.sort_values(name, ascending=name in ("gmacs", "params_m")).iloc[0]
+        within = f" within the {budget:g} GMACs budget" if budget is not None else ""
+        lines.append(
+            f"Best {name}{within}: trial {best['trial']}, {best['candidate']}: top-1 {best['top1']:.2f} at "
+            f"{best['gmacs']:.4g} GMACs."
+        )
     refs = front[front["reference"] > 0]
     if len(refs):
         lines.append(
