@@ -190,7 +190,11 @@ class AdaptiveSweeper(FolderSweeper):
                 log.info("Adaptive study, round %d: %d runs (%s)", len(rounds) + 1, len(new),
                          ", ".join(sorted({j.subdir.partition('/')[0] for j in new})))  # fmt: skip
             self.launch(jobs)
-            decisions = decide(self.runs(rows), baseline=baseline, design=design)
+            try:
+                decisions = decide(self.runs(rows), baseline=baseline, design=design)
+            except AnalysisError as e:  # no run ended (every job was stopped): nothing to decide
+                state["stop"] = f"no decision: {e}"
+                break
             rounds.append({
                 "round": len(rounds) + 1, "look": int(decisions.attrs["look"]), "launched": len(new),
                 "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
