@@ -179,6 +179,9 @@ def plot_front(front: pd.DataFrame, path: str | os.PathLike) -> Path:
     members = ok[ok["on_front"]].sort_values("gmacs")
     ax.step(members["gmacs"], members["top1"], where="post", color="tab:red", lw=1.2, zorder=3)
     ax.scatter(members["gmacs"], members["top1"], s=46, color="tab:red", label="Pareto front", zorder=4)
+    for _, r in members.iterrows():  # the trial numbers of the table
+        ax.annotate(f"#{r['trial']}", (r["gmacs"], r["top1"]), xytext=(0, 7), textcoords="offset points",
+                    fontsize=7, color="tab:red", ha="center")  # fmt: skip
     refs = ok[ok["reference"] > 0]
     ax.scatter(refs["gmacs"], refs["top1"], s=190, marker="*", facecolors="none", edgecolors="tab:blue",
                linewidths=1.3, label="paper's hybrids", zorder=5)  # fmt: skip
