@@ -19,9 +19,11 @@ class FakeLauncher:
         self.sweep_dir = sweep_dir
         self.outcome = outcome
         self.launched: list[str] = []  # every job's subdir, in launch order
+        self.batches: list[int] = []  # the number of jobs of each launch call
         self.interrupt_after: int | None = None  # raise KeyboardInterrupt once this many jobs have launched
 
     def launch(self, job_overrides, initial_job_idx):
+        self.batches.append(len(job_overrides))
         for overrides in job_overrides:
             pairs = dict(o.lstrip("+").split("=", 1) for o in overrides)
             subdir = pairs.pop("hydra.sweep.subdir")

@@ -56,9 +56,7 @@ def test_over_budget_candidates_are_not_trained_and_a_rerun_continues_the_study_
     study = study_of(sweep)
     runs = {t.user_attrs["subdir"]: t for t in trained(study)}
     folders = sorted(p.parent.name for p in sweep.glob("trial_*/results.json"))
-    assert (
-        sorted(runs) == folders and len(folders) == 3
-    )  # one folder per in-budget trial, none for the others
+    assert sorted(runs) == folders and len(folders) == 3  # a folder per in-budget trial, none for the others
     assert all(t.state == TrialState.COMPLETE and t.user_attrs["gmacs"] <= 0.0068 for t in runs.values())
     over = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
     assert over and all(
@@ -72,11 +70,14 @@ def test_over_budget_candidates_are_not_trained_and_a_rerun_continues_the_study_
     assert "Pareto front" in out.out
 
 
-def test_a_diverged_run_is_told_as_fail_and_the_search_goes_on(cli, fake_launcher, tmp_path):
+def test_a_diverged_run_is_told_as_fail_and_the_search_goes_on_two_at_a_time(cli, fake_launcher, tmp_path):
     fake = fake_launcher(made_up)
     space = "hydra.sweeper.space.mixer=[[pool,identity],[pool,attn],[pool,attn],[pool]]"
-    out = cli(*search(tmp_path, space, "hydra.sweeper.n_trials=4", "data=synthetic"))
+    out = cli(
+        *search(tmp_path, space, "hydra.sweeper.n_trials=4", "hydra.sweeper.batch_size=2", "data=synthetic")
+    )
     assert out.code == 0, out.err
+    assert fake.batches == [2, 2]  # two trials asked, trained together, then told
     study = study_of(tmp_path / "sweep")
     runs = trained(study)
     assert len(runs) == 4 == len(fake.launched) == len(set(fake.launched))
