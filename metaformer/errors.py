@@ -81,6 +81,13 @@ def _could_not_override(
         return None
     key, value = match.group(1), match.group(2).strip()
     node = key.rpartition(".")[0]
+    if key.startswith("hydra."):  # Hydra's own settings: the keys its node has
+        from omegaconf import DictConfig, OmegaConf
+
+        hydra_node = OmegaConf.select(root, node) if node else None
+        if not isinstance(hydra_node, DictConfig):
+            return None
+        return unknown_key_message(key, {node: [str(k) for k in hydra_node]}, value=value)
     nodes = _node_keys(root)
     if known_keys is not None:
         nodes = {name: _ask(known_keys, name, keys) for name, keys in nodes.items()}

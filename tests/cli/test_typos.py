@@ -21,6 +21,11 @@ CASES = {
         "unknown key optim.weight_decy; did you mean optim.weight_decay=0.1? (optim takes: opt, lr,",
     ),
     "in a sweep": (["-m", "trainer.epoch=1,2"], "unknown key trainer.epoch; did you mean trainer.epochs="),
+    "one of Hydra's own": (["hydra.run.dirr=x"], "unknown key hydra.run.dirr; did you mean hydra.run.dir=x?"),
+    "a sweeper option": (
+        ["-m", "hydra/sweeper=adaptive", "hydra.sweeper.bogus=1"],
+        "unknown key hydra.sweeper.bogus; hydra.sweeper takes: _target_, baseline, margin",
+    ),
 }
 
 
