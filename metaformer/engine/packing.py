@@ -113,9 +113,13 @@ def _packed_mlp(channels_last: bool) -> Callable[[MetaFormerBlock, torch.Tensor]
         if not (linear and x.dim() == 4 and isinstance(mlp, Mlp) and isinstance(mlp.norm, nn.Identity)):
             return mlp(x)
         fc1, fc2 = mlp.fc1, mlp.fc2
-        h = F.linear(x.permute(0, 2, 3, 1), fc1.weight.flatten(1), fc1.bias)
+        n, c, height, width = x.shape
+        # Rows of pixels, (N*H*W, C): under vmap one batched matrix product per layer (one per seed); a 4-D
+        # input would make vmap's linear broadcast the weights over N*H and multiply N*H small matrices.
+        h = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), fc1.weight.flatten(1), fc1.bias)
         h = mlp.drop1(mlp.act(h))
-        return mlp.drop2(F.linear(h, fc2.weight.flatten(1), fc2.bias)).permute(0, 3, 1, 2)
+        h = mlp.drop2(F.linear(h, fc2.weight.flatten(1), fc2.bias))
+        return h.reshape(n, height, width, -1).permute(0, 3, 1, 2)
 
     return mlp_forward
 

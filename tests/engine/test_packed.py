@@ -20,6 +20,7 @@ from metaformer.engine.checkpoint import load_checkpoint
 from metaformer.engine.data import DATASETS, register_dataset
 from metaformer.engine.loop import train_one_epoch
 from metaformer.engine.packed import PackedRun, seed_config, seed_dir, train_packed_epoch
+from metaformer.engine.packed_bench import measure
 from metaformer.engine.packing import PackedStepper
 from metaformer.engine.preemption import StopRequest
 from metaformer.engine.trainer import Trainer
@@ -59,7 +60,7 @@ def weights_of(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_packed_seeds_match_their_separate_runs_step_for_step(tmp_path, compose_cfg):
     # Per-seed clipping at a norm the first steps exceed, AdamW with decay on weights only: both must carry over.
-    cfg = compose_cfg(*TINY, "trainer.pack_seeds=2", "trainer.grad_clip=0.5", "trainer.epochs=1",
+    cfg = compose_cfg(*TINY, "trainer.pack_seeds=2", "trainer.grad_clip=0.5", "trainer.ema=true", "trainer.epochs=1",
                       f"output_dir={tmp_path / 'packed'}")  # fmt: skip
     spec, dist, steps = validate(cfg), D.init_distributed("cpu"), 5
     separate = []
@@ -71,7 +72,7 @@ def test_packed_seeds_match_their_separate_runs_step_for_step(tmp_path, compose_
         t.step.loss_fn = lambda out, y, f=loss_fn, seen=losses: seen.append(f(out, y)) or seen[-1]
         t.parts.data.train.set_epoch(0)
         train_one_epoch(t.step, t.parts.data.train, steps, log_interval=1)
-        separate.append((torch.tensor([loss.item() for loss in losses]), t.step.module))
+        separate.append((torch.tensor([loss.item() for loss in losses]), t.step.module, t.step.ema.module))
 
     folders = [seed_dir(tmp_path / "packed", s) for s in (0, 1)]
     for folder in folders:
@@ -80,7 +81,7 @@ def test_packed_seeds_match_their_separate_runs_step_for_step(tmp_path, compose_
     members = PackedRun(configs, spec, dist, folders, time.time(), StopRequest()).members
     s0 = members[0].step
     pack = PackedStepper([t.step.module for t in members], [t.step.optimizer for t in members], s0.loss_fn,
-                         channels_last=True, grad_clip=s0.grad_clip)  # fmt: skip
+                         channels_last=True, grad_clip=s0.grad_clip, emas=[t.step.ema for t in members])  # fmt: skip
     # The unpacked optimizer's groups: no weight decay on norms, biases and layer scales.
     names = {id(p): n for n, p in members[0].step.module.named_parameters()}
     expected = [
@@ -96,7 +97,7 @@ def test_packed_seeds_match_their_separate_runs_step_for_step(tmp_path, compose_
                        log_interval=1, on_step=lambda i, k_losses: losses.append(k_losses))  # fmt: skip
     pack.unpack()
     packed = torch.stack(losses)  # (steps, seeds)
-    for k, (alone, model) in enumerate(separate):
+    for k, (alone, model, ema) in enumerate(separate):
         # The same arithmetic in other kernels (vmap's batched matmuls and grouped convolutions): the losses
         # agree to a few float32 ulps (2.4e-7 at 2.3) and the weights, after Adam steps, to about 1e-5.
         torch.testing.assert_close(packed[:, k], alone, rtol=1e-5, atol=1e-6)
@@ -104,6 +105,9 @@ def test_packed_seeds_match_their_separate_runs_step_for_step(tmp_path, compose_
         mine = dict(members[k].step.module.named_parameters())
         for name, p in model.named_parameters():
             torch.testing.assert_close(mine[name], p, rtol=0, atol=5e-4)
+        averaged = members[k].step.ema.module.state_dict()  # timm's EMA (with its warmup), per seed
+        for name, v in ema.state_dict().items():
+            torch.testing.assert_close(averaged[name], v, rtol=0, atol=5e-4)
     assert members[0].step.num_updates == steps and members[1].step.optimizer.state  # written back
 
 
@@ -253,3 +257,8 @@ def test_what_a_pack_cannot_train_is_refused_in_one_line(compose_cfg, overrides,
 def test_a_refused_pack_exits_2_with_one_line(cli, tmp_path):
     out = cli(*TINY, "model=poolformer_cpu_patch4", "trainer.pack_seeds=4", f"hydra.run.dir={tmp_path / 'r'}")
     assert out.code == 2 and len(out.lines) == 1 and "norm=gn" in out.lines[0]
+
+
+def test_the_benchmark_times_a_pack_against_separate_seeds():
+    result = measure(k=2, batch_size=4, steps=1, rounds=2)
+    assert result["ratio_median"] > 0 and len(result["ratios"]) == 2 and result["packed_img_per_s"] > 0
