@@ -94,19 +94,19 @@ def train_packed(
     seeds = pack_seeds_of(cfg)
     folders = [seed_dir(run_dir, s) for s in seeds]
     configs = [seed_config(cfg, s, run_dir) for s in seeds]
-    try:
-        _claim_folder(run_dir)
-        for folder in folders:
-            check_writable(folder)
-        with _seed_logs(folders):
+    _claim_folder(run_dir)
+    for folder in folders:
+        check_writable(folder)
+    with _seed_logs(folders):
+        try:
             run = PackedRun(configs, spec, dist, folders, start, stop)
-            for folder, own, seed in zip(folders, configs, seeds, strict=True):
-                save_seed_hydra_files(folder, own, seed)
-            records = run.fit()
-    except ConfigError as e:
-        for folder, own in zip(folders, configs, strict=True):
-            record_refusal(own, folder if folder.is_dir() else None, e, spec)
-        raise
+        except Exception as e:  # refused before training: a failed record in each new seed folder
+            for folder, own in zip(folders, configs, strict=True):
+                record_refusal(own, folder, e, spec)
+            raise
+        for folder, own, seed in zip(folders, configs, seeds, strict=True):
+            save_seed_hydra_files(folder, own, seed)
+        records = run.fit()
     done = [r for r in records if r.get("best_top1") is not None]
     status = next((r["status"] for r in records if r["status"] != "completed"), "completed")
     best = sum(r["best_top1"] for r in done) / len(done) if done else None

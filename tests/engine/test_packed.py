@@ -262,3 +262,13 @@ def test_a_refused_pack_exits_2_with_one_line(cli, tmp_path):
 def test_the_benchmark_times_a_pack_against_separate_seeds():
     result = measure(k=2, batch_size=4, steps=1, rounds=2)
     assert result["ratio_median"] > 0 and len(result["ratios"]) == 2 and result["packed_img_per_s"] > 0
+
+
+def test_a_pack_is_refused_in_an_unpacked_runs_folder_which_it_leaves_alone(
+    tmp_path, compose_cfg, folder_snapshot
+):
+    (tmp_path / "last.pt").write_bytes(b"an unpacked run's checkpoint")
+    before = folder_snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="holds an unpacked run"):
+        train(compose_cfg(*TINY, "trainer.pack_seeds=2", "trainer.epochs=1", f"output_dir={tmp_path}"))
+    assert folder_snapshot(tmp_path) == before
