@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaformer.engine import distributed as D
 from metaformer.engine.checkpoint import LAST
-from metaformer.engine.loggers import PROGRESS_INTERVAL_S, ProgressLog, format_epoch, progress
+from metaformer.engine.loggers import PROGRESS_INTERVAL_S, ProgressLog, progress
 from metaformer.engine.loop import EpochStats, Stepper
 from metaformer.engine.packing import PackedStepper, pack_seeds_of, stack_images
 from metaformer.engine.preemption import StopRequest
@@ -292,34 +292,10 @@ class PackedRun:
         return "stopped" if signalled else "done"
 
     def _end_epoch(self, t: Trainer, epoch: int, stats: EpochStats) -> None:
-        """One seed's finished epoch, as `Trainer._epoch` ends it: count it, step the scheduler, evaluate, log,
-        checkpoint."""
-        trainer, step, state = t.cfg.trainer, t.step, t.state
-        state.end_epoch(stats)
-        if step.scheduler is not None:
-            step.scheduler.step(state.epoch)
-        row: dict[str, Any] = {
-            "epoch": state.epoch,
-            "lr": step.optimizer.param_groups[0]["lr"],
-            "train_loss": stats.loss,
-        }
-        improved = False
-        if state.epoch % trainer.eval_interval == 0 or state.epoch == trainer.epochs:
-            metrics, improved = t._evaluate()
-            row.update(metrics)
-        row.update(
-            train_img_per_s=round(stats.img_per_s, 1),
-            epoch_s=round(stats.seconds, 2),
-            wall_s=round(state.wall_total(), 1),
-        )
-        _seed_epoch(t.cfg.seed, epoch, t.dist.rank)  # the generators as its own run leaves them (no draws)
-        rng = t._rng_states() if t._saves() else None
-        if t.dist.is_main:
-            log.info("seed %d: %s", t.cfg.seed, format_epoch(row, trainer.epochs))
-            t.metrics.log(row)
-            if rng is not None:
-                state.rng = rng
-                t._checkpoint(improved)
+        """One seed's finished epoch, closed by its own trainer (count, scheduler, evaluation, log, checkpoint),
+        with its generators as its own run leaves them (evaluation draws nothing)."""
+        _seed_epoch(t.cfg.seed, epoch, t.dist.rank)
+        t.end_epoch(stats, prefix=f"seed {t.cfg.seed}: ")
 
 
 def _position(t: Trainer) -> tuple[int, int]:

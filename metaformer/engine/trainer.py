@@ -279,6 +279,13 @@ class Trainer:
             self.partial = stats
             self._checkpoint_mid_epoch(stats)
             return "stopped"
+        self.end_epoch(stats)
+        return "done"
+
+    def end_epoch(self, stats: EpochStats, prefix: str = "") -> None:
+        """Close a finished epoch: count it, step the scheduler, evaluate when due, log the row (its console line
+        after `prefix`) and checkpoint. Packed seeds (packed.py) close each seed's epoch here too."""
+        trainer, step, state = self.cfg.trainer, self.step, self.state
         state.end_epoch(stats)
         if step.scheduler is not None:
             step.scheduler.step(state.epoch)
@@ -295,14 +302,13 @@ class Trainer:
         )
         rng = self._rng_states() if self._saves() else None  # a collective: every rank
         if self.dist.is_main:
-            log.info(format_epoch(row, trainer.epochs))
+            log.info(prefix + format_epoch(row, trainer.epochs))
             self.metrics.log(row)
             if self.wandb is not None:
                 self.wandb.log(row)
             if rng is not None:
                 state.rng = rng
                 self._checkpoint(improved)
-        return "done"
 
     def _evaluate(self) -> tuple[dict[str, Any], bool]:
         """Evaluate the model (and its EMA); return the metrics and whether top-1 is a new best."""
