@@ -200,6 +200,16 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     return adjusted
 
 
+def _seed_grid(sd: float, sd_base: float | None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Seeds per row 2..MAX_SEEDS, the variance of Δ per seed, and the t-test's degrees of freedom at each n:
+    paired when `sd_base` is None, else Welch with equal seeds in both rows."""
+    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
+    if sd_base is None:
+        return n, sd**2, n - 1
+    variance = sd**2 + sd_base**2
+    return n, variance, (n - 1) * variance**2 / (sd**4 + sd_base**4) if variance > 0 else 2 * (n - 1)
+
+
 def seeds_needed(
     delta: float, sd: float, sd_base: float | None = None, alpha: float = ALPHA, power: float = POWER
 ) -> float:
@@ -215,12 +225,7 @@ def seeds_needed(
         return math.nan
     if delta == 0:
         return math.inf
-    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
-    if sd_base is None:
-        variance, df = sd**2, n - 1
-    else:
-        variance = sd**2 + sd_base**2
-        df = (n - 1) * variance**2 / (sd**4 + sd_base**4) if variance > 0 else 2 * (n - 1)
+    n, variance, df = _seed_grid(sd, sd_base)
     if variance == 0:
         return 2.0  # no noise at all: the smallest test that has a spread to estimate
     noncentrality = abs(delta) / np.sqrt(variance / n)
@@ -251,12 +256,7 @@ def seeds_needed_equivalence(
         return math.nan
     if abs(delta) >= margin:
         return math.inf
-    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
-    if sd_base is None:
-        variance, df = sd**2, n - 1
-    else:
-        variance = sd**2 + sd_base**2
-        df = (n - 1) * variance**2 / (sd**4 + sd_base**4) if variance > 0 else 2 * (n - 1)
+    n, variance, df = _seed_grid(sd, sd_base)
     if variance == 0:
         return 2.0
     se = np.sqrt(variance / n)
