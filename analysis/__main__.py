@@ -72,19 +72,37 @@ def _margin_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _design_options(parser: argparse.ArgumentParser) -> None:
+    from analysis.sequential import SPENDING, Design
+
     _margin_option(parser)
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error (default 0.05)")
-    parser.add_argument("--looks", type=int, default=3, help="most looks per row (default 3)")
-    parser.add_argument("--first", type=int, default=3, help="paired seeds at the first look (default 3)")
-    parser.add_argument("--step", type=int, default=1, help="seeds added per look (default 1)")
     parser.add_argument(
-        "--spending", choices=("pocock", "obf"), default="pocock", help="alpha over looks (default pocock)"
+        "--alpha", type=float, default=Design.alpha, help=f"family-wise error (default {Design.alpha:g})"
+    )
+    parser.add_argument(
+        "--looks", type=int, default=Design.max_looks, help=f"most looks per row (default {Design.max_looks})"
+    )
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=Design.first,
+        help=f"paired seeds at the first look (default {Design.first})",
+    )
+    parser.add_argument(
+        "--step", type=int, default=Design.step, help=f"seeds added per look (default {Design.step})"
+    )
+    parser.add_argument(
+        "--spending",
+        choices=SPENDING,
+        default=Design.spending,
+        help=f"alpha over looks: pocock (equal shares) or obf (O'Brien-Fleming-like: little early, most at the "
+        f"last look) (default {Design.spending})",
     )
     parser.add_argument(
         "--futility",
         type=float,
-        default=0.1,
-        help="stop a row whose chance to be decided by the last look is below this (default 0.1; 0: never)",
+        default=Design.futility,
+        help="stop a row whose chance to be decided by the last look is below this "
+        f"(default {Design.futility:g}; 0: never)",
     )
 
 
@@ -139,6 +157,12 @@ def build_simulate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--effect", type=float, default=1.0, help="Δ of the power scenario (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="RUNS",
+        help="a study's budget, as hydra.sweeper.max_runs: it stops before a look that would exceed it",
+    )
     _design_options(parser)
     return parser
 
@@ -164,19 +188,22 @@ def simulate_main(argv: list[str]) -> int:
     import numpy as np
 
     from analysis.sequential import Design
-    from analysis.simulate import recorded_spreads, render_simulation, simulate
+    from analysis.simulate import recorded_rows, render_simulation, simulate
 
     args = build_simulate_parser().parse_args(argv)
     try:
         design = _design(args)
         if args.studies < 1:
             raise AnalysisError(f"--studies {args.studies} must be at least 1")
+        if args.max_runs is not None and args.max_runs < 1:
+            raise AnalysisError(f"--max-runs {args.max_runs} must be at least 1")
+        recorded = None
         if args.sd is not None:
             if not args.sd > 0 or args.rows < 1:
                 raise AnalysisError("--sd must be above 0 and --rows at least 1")
             spreads = np.full(args.rows, args.sd)
         elif args.paths:
-            spreads = recorded_spreads(collect_runs(args.paths), args.baseline, design.cap)
+            recorded, spreads = recorded_rows(collect_runs(args.paths), args.baseline, design.cap)
             if not np.isfinite(spreads).all():
                 raise AnalysisError("a row has fewer than two paired seeds: no spread to take; pass --sd")
         else:
@@ -187,14 +214,20 @@ def simulate_main(argv: list[str]) -> int:
     print("Sequential rule:\n")
     print(
         render_simulation(
-            simulate(spreads, design, args.studies, args.effect, args.seed), spreads, design, args.studies
+            simulate(spreads, design, args.studies, args.effect, args.seed, recorded, args.max_runs),
+            spreads,
+            design,
+            args.studies,
         )
     )
     fixed = Design(margin=design.margin, alpha=design.alpha, max_looks=1, first=design.cap, futility=0.0)
     print(f"\nFixed grid ({design.cap} seeds every row, one look), for reference:\n")
     print(
         render_simulation(
-            simulate(spreads, fixed, args.studies, args.effect, args.seed), spreads, fixed, args.studies
+            simulate(spreads, fixed, args.studies, args.effect, args.seed, recorded),
+            spreads,
+            fixed,
+            args.studies,
         )
     )
     return 0
@@ -218,19 +251,29 @@ def build_front_parser() -> argparse.ArgumentParser:
         "that re-trains them with more seeds and decides each against the baseline (paired by seed), and the "
         "command for its table",
     )
+    parser.add_argument(
+        "--against",
+        metavar="SWEEP",
+        action="append",
+        default=[],
+        help="another search of the same space (e.g. the random-sampler control; repeatable): print each one's "
+        "hypervolume after its trials against one shared reference point and write hypervolume.png",
+    )
     return parser
 
 
 def front_main(argv: list[str]) -> int:
     """`python -m analysis front`: print the front's table, write front.png, optionally the confirmation study."""
-    from analysis.front import confirm_command, plot_front, render_front, search_front, write_confirm_rows
+    from analysis import front as fr
 
     args = build_front_parser().parse_args(argv)
     out = Path(args.out or args.sweep)
     try:
-        front = search_front(args.sweep)
-        print(render_front(front))
-        rows = write_confirm_rows(front, out / "confirm_rows.yaml") if args.confirm else None
+        front = fr.search_front(args.sweep)
+        print(fr.render_front(front))
+        fronts = {args.sweep: front, **{other: fr.search_front(other) for other in args.against}}
+        history = fr.hypervolumes(fronts) if args.against else None
+        rows = fr.write_confirm_rows(front, out / "confirm_rows.yaml") if args.confirm else None
     except AnalysisError as e:
         report(e, prog="")
         return 2
@@ -238,16 +281,21 @@ def front_main(argv: list[str]) -> int:
         report(f"cannot write to {out}: {e}", prog="")
         return 1
     try:
-        written = plot_front(front, out / "front.png")
+        written = [fr.plot_front(front, out / "front.png")]
+        if history is not None:
+            written.append(fr.plot_hypervolumes(history, out / "hypervolume.png"))
     except OSError as e:
         report(f"cannot write to {out}: {e}", prog="")
         return 1
-    print(f"wrote {written}", file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
+    if history is not None:
+        print("\nHypervolume of each search (the same space and budget):\n")
+        print(fr.render_hypervolumes(history, fronts))
     if rows is not None:
         print(
             "\nRe-train the front with more seeds and decide each member against the baseline (adaptive study):"
         )
-        print("\n".join(confirm_command(front, rows.resolve())))
+        print("\n".join(fr.confirm_command(front, rows.resolve())))
     return 0
 
 

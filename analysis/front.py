@@ -7,9 +7,12 @@ front (no other trial has at least its top-1 at no more MACs, and better in one)
 reference. `render_front` prints the front as a table, `plot_front` draws every trial with the front highlighted
 and the references marked, and `confirm_rows` / `confirm_command` give the adaptive study
 (hydra_plugins/metaformer_sweepers/adaptive.py) that re-trains the front's members with more seeds and decides
-each against the baseline with the paired, group-sequential rule of analysis.sequential.
+each against the baseline with the paired, group-sequential rule of analysis.sequential. `hypervolumes`
+compares searches of the same space (a sampler against the random control): the hypervolume each one's trials
+dominate after each trained trial, against one reference point for all.
 
-Nothing here imports torch or optuna: the run folders are the record (optuna.db only steers the search).
+Nothing here imports torch, and optuna only for its hypervolume: the run folders are the record (optuna.db only
+steers the search).
 """
 
 from __future__ import annotations
@@ -211,6 +214,90 @@ def plot_front(front: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+def hypervolumes(fronts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The hypervolume (top-1 up, MACs down) each search's trained trials dominate after each of them, in trial
+    order: columns search, trials (trained so far), hypervolume, share (of the box between the reference and the
+    best top-1 and fewest MACs of any search). The reference point, shared by all searches, is the lowest top-1
+    and the most MACs of any of their trained trials (`attrs["reference"]`), so only the searches' own points
+    set the scale. Computed with Optuna's exact hypervolume (the one its samplers and plots use)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    points = {}
+    for name, front in fronts.items():
+        ok = front[front["usable"] & np.isfinite(front["gmacs"].astype(float))].sort_values("trial")
+        if not len(ok):
+            raise AnalysisError(f"{name}: no trained trial with a top-1 and MACs")
+        points[name] = ok[["top1", "gmacs"]].to_numpy(dtype=float)
+    every = np.concatenate(list(points.values()))
+    reference = (float(every[:, 0].min()), float(every[:, 1].max()))
+    box = (every[:, 0].max() - reference[0]) * (reference[1] - every[:, 1].min())
+    records = []
+    for name, p in points.items():
+        loss = np.column_stack([-p[:, 0], p[:, 1]])  # both minimised
+        ref = np.array([-reference[0], reference[1]])
+        for k in range(1, len(p) + 1):
+            inside = loss[:k][(loss[:k] < ref).all(axis=1)]
+            volume = float(compute_hypervolume(inside, ref)) if len(inside) else 0.0
+            records.append({"search": name, "trials": k, "hypervolume": volume,
+                            "share": volume / box if box > 0 else float("nan")})  # fmt: skip
+    table = pd.DataFrame(records)
+    table.attrs["reference"] = reference
+    return table
+
+
+def render_hypervolumes(history: pd.DataFrame, fronts: dict[str, pd.DataFrame]) -> str:
+    """Each search's final hypervolume (and after a quarter, half and three quarters of its trials) as a table."""
+    rows = []
+    for name, group in history.groupby("search", sort=False):
+        state = fronts[name].attrs.get("state", {})
+        n = int(group["trials"].max())
+        at = {
+            q: group.loc[group["trials"] == max(1, round(q * n)), "share"].iloc[0] for q in (0.25, 0.5, 0.75)
+        }
+        final = group.iloc[-1]
+        rows.append(
+            {
+                "search": name,
+                "sampler": f"{state.get('sampler')} (seed {state.get('seed')})",
+                "trials": n,
+                "front": int(fronts[name]["on_front"].sum()),
+                "hypervolume": f"{final['hypervolume']:.5f}",
+                "share of the box": f"{final['share']:.1%}",
+                "after 1/4, 1/2, 3/4 of the trials": ", ".join(f"{v:.1%}" for v in at.values()),
+            }
+        )
+    top1, gmacs = history.attrs["reference"]
+    return (
+        pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        + f"\n\nHypervolume in points of top-1 x GMACs, against the reference point (top-1 {top1:.2f}, "
+        f"{gmacs:.4g} GMACs): the lowest top-1 and the most MACs of any trained trial of these searches. "
+        "Share of the box: of the rectangle between that point and the best top-1 and fewest MACs of any of them."
+    )
+
+
+def plot_hypervolumes(history: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Each search's hypervolume share against its trained trials; a PNG at `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, group in history.groupby("search", sort=False):
+        ax.step(group["trials"], 100 * group["share"], where="post", lw=1.5, label=name)
+    ax.set_xlabel("trained trials")
+    ax.set_ylabel("hypervolume (% of the box)")
+    top1, gmacs = history.attrs["reference"]
+    ax.set_title(f"Hypervolume, reference point top-1 {top1:.2f} at {gmacs:.4g} GMACs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def confirm_rows(front: pd.DataFrame) -> dict[str, list[str]]:
     """Rows for the confirmation study: `baseline` (the search's) and each front member (`front_<trial>`)."""
     state = front.attrs.get("state", {})
@@ -236,8 +323,10 @@ def confirm_command(front: pd.DataFrame, rows_file: str | os.PathLike) -> list[s
              if o.partition("=")[0].lstrip("+~") not in ("search", "seed") and not o.lstrip("+~").startswith("hydra")]  # fmt: skip
     base = candidate_overrides(state["baseline"])
     confirm = sweep / "confirm"
+    # three seeds for every member and the baseline, decided in one look (raise max_looks for more where open)
     run = ["python", "run.py", "-m", "hydra/sweeper=adaptive", *fixed, f"hydra.sweeper.rows_file={rows_file}",
-           "hydra.sweeper.baseline=baseline", f"hydra.sweep.dir={confirm}"]  # fmt: skip
+           "hydra.sweeper.baseline=baseline", "hydra.sweeper.first=3", "hydra.sweeper.max_looks=1",
+           f"hydra.sweep.dir={confirm}"]  # fmt: skip
     table = ["python", "-m", "analysis", str(confirm), "--baseline", base]
     return [shlex.join(run), shlex.join(table)]
 

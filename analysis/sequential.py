@@ -64,10 +64,10 @@ class Design:
 
     margin: float = DEFAULT_MARGIN
     alpha: float = ALPHA
-    max_looks: int = 3
-    first: int = 3
+    max_looks: int = 4
+    first: int = 2
     step: int = 1
-    spending: str = "pocock"
+    spending: str = "obf"
     futility: float = 0.1
     rows: int | None = None
 
@@ -257,7 +257,7 @@ def decide(
     baseline: str = "baseline",
     margin: float = DEFAULT_MARGIN,
     alpha: float = ALPHA,
-    max_looks: int = 3,
+    max_looks: int = Design.max_looks,
     look: int | None = None,
     *,
     design: Design | None = None,
@@ -266,7 +266,7 @@ def decide(
 
     `runs`: every run so far (a `collect_runs` frame, or columns label/config, seed, top1 and optionally status);
     only completed runs count, and a repeated (configuration, seed) counts once. `design` (else one built from
-    margin, alpha and max_looks with 3 seeds at the first look and one more per look) fixes the schedule; `look`
+    margin, alpha and max_looks with the default first look and step) fixes the schedule; `look`
     None means the latest look the baseline's seeds reach. Look k sees only the first `design.seeds_at(k)` paired
     seeds of each row, in ascending seed order.
 

@@ -14,6 +14,8 @@ counted over studies, with Clopper-Pearson 95% intervals (`scipy.stats.binomtest
   called equivalent (|Δ| < margin is false there) or worse. ("better" is then a true claim.)
 - **power at Δ = `effect`** (every row +1 point by default): the share of rows called better, and the family-wise
   error of the false claims there (worse or, for effect >= margin, equivalent).
+- **the recorded Δs** (with a recorded study): each row at its own recorded mean Δ, which is what a design would
+  decide on that table and at what cost; it is how a schedule and a budget are chosen before spending compute.
 
 and the mean runs a study used (rows' paired seeds plus the baseline's, which runs as long as the longest row).
 """
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.sequential import BETTER, EQUIVALENT, WORSE, Design, _frame, _paired, run_looks
+from analysis.sequential import BETTER, EQUIVALENT, UNDECIDED, WORSE, Design, _frame, _paired, run_looks
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,16 @@ def rate(count: int, trials: int) -> Rate:
 
 def recorded_spreads(runs: pd.DataFrame, baseline: str = "baseline", cap: int | None = None) -> np.ndarray:
     """Return each row's spread (sd) of paired differences to the baseline in a recorded study (first `cap` seeds)."""
+    return recorded_rows(runs, baseline, cap)[1]
+
+
+def recorded_rows(
+    runs: pd.DataFrame, baseline: str = "baseline", cap: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's mean and spread (sd) of paired differences to the baseline (first `cap` seeds)."""
     _, diffs, _ = _paired(_frame(runs), baseline)
     diffs = diffs[0] if cap is None else diffs[0, :, :cap]
-    return np.nanstd(diffs, axis=1, ddof=1)
+    return np.nanmean(diffs, axis=1), np.nanstd(diffs, axis=1, ddof=1)
 
 
 def draw(
@@ -76,49 +85,69 @@ class Scenario:
     """One simulated condition: its name, the true Δ of every row, the false claims counted, the results."""
 
     name: str
-    effect: float
+    effect: float | None  # one Δ for every row, or None: each row its own (the recorded Δs)
     error: Rate  # studies with at least one false claim
-    power: Rate | None  # rows called better (only where Δ > 0)
+    power: Rate | None  # rows called better (only where every Δ > 0)
     mean_runs: float
     decided: float  # mean share of rows decided
+    rows: int
 
 
 def run_scenario(
-    name: str, effect: float, spreads: np.ndarray, design: Design, studies: int, rng: np.random.Generator
+    name: str,
+    effect: float | np.ndarray,
+    spreads: np.ndarray,
+    design: Design,
+    studies: int,
+    rng: np.random.Generator,
+    max_runs: int | None = None,
 ) -> Scenario:
-    """Simulate `studies` studies with every row at Δ = `effect` and count false claims and power."""
-    diffs = draw(spreads, np.full(len(spreads), effect), studies, design.cap, rng)
+    """Simulate `studies` studies with rows at Δ = `effect` (one for all, or one per row) and count false claims,
+    power and runs. `max_runs`: as the adaptive sweeper, a study stops before a look that would take it over."""
+    effects = np.broadcast_to(np.asarray(effect, dtype=float), np.shape(spreads))
+    diffs = draw(spreads, effects, studies, design.cap, rng)
     looks = run_looks(diffs, design, design.max_looks)
-    code = looks.outcome
-    false = np.zeros_like(code, dtype=bool)
-    if effect > 0:
-        false |= code == WORSE
-    elif effect < 0:
-        false |= code == BETTER
-    else:
-        false |= (code == WORSE) | (code == BETTER)
-    if abs(effect) >= design.margin:
-        false |= code == EQUIVALENT
+    code, n = looks.outcome, looks.n
+    if max_runs is not None:
+        for k in range(design.max_looks - 1, 0, -1):  # where the budget cuts a study, its decisions at look k
+            cut = (n.sum(axis=1) + n.max(axis=1)) > max_runs
+            if not cut.any():
+                break
+            earlier = run_looks(diffs, design, k)
+            code, n = np.where(cut[:, None], earlier.outcome, code), np.where(cut[:, None], earlier.n, n)
+    truth = effects[None, :]
+    false = ((truth > 0) & (code == WORSE)) | ((truth < 0) & (code == BETTER))
+    false |= (truth == 0) & ((code == WORSE) | (code == BETTER))
+    false |= (np.abs(truth) >= design.margin) & (code == EQUIVALENT)
     errors = int(false.any(axis=1).sum())
-    power = rate(int((code == BETTER).sum()), code.size) if effect > 0 else None
-    runs = looks.n.sum(axis=1) + looks.n.max(axis=1)
-    decided = float((code != 3).mean())
-    return Scenario(name, effect, rate(errors, studies), power, float(runs.mean()), decided)
+    power = rate(int((code == BETTER).sum()), code.size) if (effects > 0).all() else None
+    runs = n.sum(axis=1) + n.max(axis=1)
+    decided = float((code != UNDECIDED).mean())
+    single = float(effects[0]) if np.ndim(effect) == 0 else None
+    return Scenario(name, single, rate(errors, studies), power, float(runs.mean()), decided, len(spreads))
 
 
 def simulate(
-    spreads: np.ndarray, design: Design | None = None, studies: int = 1000, effect: float = 1.0, seed: int = 0
+    spreads: np.ndarray,
+    design: Design | None = None,
+    studies: int = 1000,
+    effect: float = 1.0,
+    seed: int = 0,
+    recorded: np.ndarray | None = None,
+    max_runs: int | None = None,
 ) -> list[Scenario]:
-    """Run the three scenarios (no effect, the equivalence boundary, Δ = `effect`) for rows with `spreads`."""
+    """Run the scenarios (no effect, the equivalence boundary, Δ = `effect`, and with `recorded` each row at its
+    recorded Δ) for rows with `spreads`, each study stopping where `max_runs` would be exceeded."""
     design = design or Design()
     rng = np.random.default_rng(seed)
-    return [
-        run_scenario("no effect (Δ = 0)", 0.0, spreads, design, studies, rng),
-        run_scenario(
-            f"equivalence boundary (Δ = +{design.margin:g})", design.margin, spreads, design, studies, rng
-        ),
-        run_scenario(f"Δ = {effect:+g}", effect, spreads, design, studies, rng),
+    cases = [
+        ("no effect (Δ = 0)", 0.0),
+        (f"equivalence boundary (Δ = +{design.margin:g})", design.margin),
+        (f"Δ = {effect:+g}", effect),
     ]
+    if recorded is not None:
+        cases.append(("the recorded Δs (each row its own)", np.asarray(recorded, dtype=float)))
+    return [run_scenario(name, e, spreads, design, studies, rng, max_runs) for name, e in cases]
 
 
 def render_simulation(scenarios: list[Scenario], spreads: np.ndarray, design: Design, studies: int) -> str:
@@ -129,7 +158,7 @@ def render_simulation(scenarios: list[Scenario], spreads: np.ndarray, design: De
             "scenario": [s.name for s in scenarios],
             "studies with a false claim [95% CI]": [str(s.error) for s in scenarios],
             "rows called better [95% CI]": [str(s.power) if s.power else "–" for s in scenarios],
-            "rows decided": [f"{s.decided:.0%}" for s in scenarios],
+            "rows decided": [f"{s.decided:.0%} ({s.decided * s.rows:.1f} of {s.rows})" for s in scenarios],
             "mean runs": [f"{s.mean_runs:.1f} of {fixed}" for s in scenarios],
         }
     )

@@ -11,7 +11,7 @@ import pytest
 from analysis import collect_runs
 from analysis.__main__ import main
 from analysis.sequential import Design, decide, next_seeds, replay, run_looks
-from analysis.simulate import rate, recorded_spreads, run_scenario
+from analysis.simulate import rate, recorded_rows, recorded_spreads, run_scenario
 from analysis.stats import OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def runs_of(rows: dict[str, list[float]], seeds: int = 5) -> pd.DataFrame:
 # One row, one comparison: each look at 0.05 / 3 (Pocock, Bonferroni over 3 looks). Differences 1.0, 1.4, 0.6
 # (mean 1, sd 0.4) leave it undecided with 3 seeds; the fourth (1.0) decides it better; the fifth is wild.
 LATE = {"late": [1.0, 1.4, 0.6, 1.0, -50.0]}
-DESIGN = Design(margin=0.5, max_looks=3, futility=0.0)
+DESIGN = Design(margin=0.5, max_looks=3, first=3, step=1, spending="pocock", futility=0.0)
 
 
 def test_a_row_is_decided_in_a_later_look_from_the_seeds_so_far_only():
@@ -87,7 +87,11 @@ def test_a_failed_seed_is_skipped_and_a_fresh_one_asked_for():
 
 def test_futility_stops_a_hopeless_row_early():
     runs = runs_of({"noisy": [0.9, -0.8, 0.2, 0.5, -0.3]})
-    row = decide(runs, design=Design(futility=0.1), look=3).set_index("label").loc["noisy"]
+    row = (
+        decide(runs, design=Design(first=3, max_looks=3, spending="pocock", futility=0.1), look=3)
+        .set_index("label")
+        .loc["noisy"]
+    )
     assert row["reason"] == "futile" and row["stop_look"] == 1 and row["power"] < 0.1
 
 
@@ -117,10 +121,11 @@ def test_replay_of_the_mini_study_reaches_the_fixed_grids_decisions_with_fewer_r
     a = replayed.attrs
     assert a["runs_fixed"] == 115  # 23 configurations x 5 seeds
     assert a["decided_fixed"] == 7 and a["decided_sequential"] == 7 and a["same"] == 22
-    assert a["runs_sequential"] == 82 and a["saved"] == pytest.approx(1 - 82 / 115)
+    # the default schedule (looks at 2, 3, 4, 5 seeds, O'Brien-Fleming-like spending): at least 30% fewer runs
+    assert a["runs_sequential"] == 71 and a["saved"] == pytest.approx(1 - 71 / 115) and a["saved"] >= 0.30
     by_label = replayed.set_index("label")
-    assert by_label.loc["no residual connection", ["outcome", "stop_look"]].tolist() == ["worse", 1]
-    assert by_label.loc["BN", ["outcome", "stop_look", "n"]].tolist() == ["better", 3, 5]
+    assert by_label.loc["no residual connection", ["outcome", "stop_look", "n"]].tolist() == ["worse", 2, 3]
+    assert by_label.loc["BN", ["outcome", "stop_look", "n"]].tolist() == ["better", 4, 5]
 
 
 def test_replay_command(capsys):
@@ -128,7 +133,7 @@ def test_replay_command(capsys):
     out = capsys.readouterr().out
     assert "| no residual connection" in out
     assert (
-        "Runs: 82 sequential (rows' seeds plus the baseline's) against 115 for the fixed grid: 29% fewer."
+        "Runs: 71 sequential (rows' seeds plus the baseline's) against 115 for the fixed grid: 38% fewer."
         in out
     )
 
@@ -161,3 +166,24 @@ def test_simulate_command(capsys):
     out = capsys.readouterr().out
     assert "Sequential rule:" in out and "Fixed grid (5 seeds every row, one look)" in out
     assert "no effect (Δ = 0)" in out and "Δ = +1" in out
+
+
+def test_recorded_effects_scenario_and_the_budget():
+    """Each row at its recorded Δ: the huge effects (no residual, no norm) are always decided, and a budget cuts
+    studies at the last look it affords, so they use fewer runs and decide no more rows than without it."""
+    mean, sd = recorded_rows(collect_runs([MINI]))
+    design = Design(first=4, step=3, max_looks=5, spending="pocock")  # the mini study's schedule
+    free = run_scenario("recorded", mean, sd, design, 200, np.random.default_rng(5))
+    capped = run_scenario("recorded", mean, sd, design, 200, np.random.default_rng(5), max_runs=150)
+    assert free.effect is None and free.rows == 22 and free.power is None
+    assert capped.mean_runs <= 150 < free.mean_runs
+    assert capped.decided < free.decided
+    assert capped.decided * 22 >= 2  # no residual (-72 points) and no norm (-4) at the first look
+
+
+def test_simulate_command_with_a_recorded_study_and_a_budget(capsys):
+    argv = ["simulate", str(MINI), "--studies", "100", "--first", "4", "--step", "3", "--looks", "5"]
+    assert main([*argv, "--max-runs", "200"]) == 0
+    assert "the recorded Δs (each row its own)" in capsys.readouterr().out
+    assert main([*argv, "--max-runs", "0"]) == 2
+    assert "--max-runs 0 must be at least 1" in capsys.readouterr().err

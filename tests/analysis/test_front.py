@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from analysis.__main__ import main
-from analysis.front import confirm_command, confirm_rows, pareto, search_front
+from analysis.front import confirm_command, confirm_rows, hypervolumes, pareto, search_front
 
 STATE = {
     "fixed": ["+experiment=mini", "+search=hybrid"],
@@ -33,12 +33,10 @@ TRIALS = {
 }
 
 
-@pytest.fixture
-def search_dir(tmp_path):
-    sweep = tmp_path / "sweep"
+def make_search(sweep, trials, state=STATE):
     sweep.mkdir()
-    (sweep / "search.json").write_text(json.dumps(STATE))
-    for n, (mixers, top1, gmacs, status) in TRIALS.items():
+    (sweep / "search.json").write_text(json.dumps(state))
+    for n, (mixers, top1, gmacs, status) in trials.items():
         folder = sweep / f"trial_{n}"
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
@@ -49,6 +47,19 @@ def search_dir(tmp_path):
                   "model": "m", "mixers": mixers.split(",")}  # fmt: skip
         (folder / "results.json").write_text(json.dumps(record))
     return sweep
+
+
+@pytest.fixture
+def search_dir(tmp_path):
+    return make_search(tmp_path / "sweep", TRIALS)
+
+
+# The control: the same space, another sampler. With TRIALS its trials set the shared reference point at the
+# lowest top-1 (86) and the most MACs (0.040 of TRIALS' trial 3).
+CONTROL = {
+    0: ("attn,pool,attn,pool", 89.0, 0.030, "completed"),
+    1: ("pool,attn,pool,pool", 86.0, 0.022, "completed"),  # at the reference's top-1: no volume
+}
 
 
 def test_pareto_keeps_the_points_nothing_dominates():
@@ -77,7 +88,8 @@ def test_the_command_prints_the_front_writes_the_plot_and_the_confirmation(searc
                     "front_3": ["mixer=[attn,attn,attn,attn]"]}  # fmt: skip
     run, table = confirm_command(search_front(search_dir), "rows.yaml")
     assert run == (f"python run.py -m hydra/sweeper=adaptive +experiment=mini hydra.sweeper.rows_file=rows.yaml "
-                   f"hydra.sweeper.baseline=baseline hydra.sweep.dir={search_dir / 'confirm'}")  # fmt: skip
+                   f"hydra.sweeper.baseline=baseline hydra.sweeper.first=3 hydra.sweeper.max_looks=1 "
+                   f"hydra.sweep.dir={search_dir / 'confirm'}")  # fmt: skip
     assert table.endswith("--baseline 'mixer=[pool,pool,pool,pool]'")
     assert confirm_rows(search_front(search_dir))["baseline"] == ["mixer=[pool,pool,pool,pool]"]
 
@@ -86,3 +98,31 @@ def test_a_folder_that_is_no_search_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["front", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no search.json: not the folder of a search" in err[0]
+
+
+def test_hypervolume_of_a_search_and_its_control_after_each_trial(search_dir, tmp_path):
+    control = make_search(tmp_path / "control", CONTROL, {**STATE, "sampler": "random"})
+    fronts = {"nsga2": search_front(search_dir), "random": search_front(control)}
+    history = hypervolumes(fronts)
+    assert history.attrs["reference"] == (86.0, 0.040)
+    by = {name: g["hypervolume"].tolist() for name, g in history.groupby("search")}
+    # trial 0 (90 at 0.026): 4 x 0.014; trial 1 (88 at 0.020) adds 2 x 0.006; trial 2 is dominated; trial 3 sits
+    # at the reference's MACs (no volume); trial 4 diverged (no point)
+    assert by["nsga2"] == pytest.approx([0.056, 0.068, 0.068, 0.068])
+    assert by["random"] == pytest.approx([0.030, 0.030])  # 3 x 0.010
+    box = (91 - 86) * (0.040 - 0.020)
+    assert history.groupby("search")["share"].last().to_dict() == pytest.approx(
+        {"nsga2": 0.068 / box, "random": 0.030 / box}
+    )
+
+
+def test_the_command_compares_hypervolumes_against_a_control(search_dir, tmp_path, capsys):
+    control = make_search(tmp_path / "control", CONTROL, {**STATE, "sampler": "random"})
+    out_dir = tmp_path / "out"
+    assert main(["front", str(search_dir), "--against", str(control), "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Hypervolume of each search" in out and "68.0%" in out and "30.0%" in out and "random (seed 0)" in out
+    )
+    assert (out_dir / "hypervolume.png").stat().st_size > 10_000
+    assert main(["front", str(search_dir), "--against", str(tmp_path / "nothing")]) == 2

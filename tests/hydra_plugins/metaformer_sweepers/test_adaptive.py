@@ -28,8 +28,10 @@ def study(tmp_path):
 
 
 def args(tmp_path, *extra):
+    # looks at 3, 4 and 5 seeds with equal alpha shares: a schedule whose rounds the tests below spell out
     return ("-m", "hydra/sweeper=adaptive", ROWS, "data=synthetic", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            "hydra.sweeper.futility=0", *extra)  # fmt: skip
+            "hydra.sweeper.futility=0", "hydra.sweeper.first=3", "hydra.sweeper.max_looks=3",
+            "hydra.sweeper.spending=pocock", *extra)  # fmt: skip
 
 
 def test_after_the_first_round_only_the_undecided_row_gets_more_seeds(cli, fake_launcher, tmp_path):
@@ -106,6 +108,7 @@ def test_a_real_study_trains_only_the_undecided_row_again(cli, tmp_path, quick):
     rows.write_text(yaml.safe_dump({"baseline": [], "same": ["logger=csv"], "other": ["optim.lr=0.001"]}))
     command = ("-m", "hydra/sweeper=adaptive", f"hydra.sweeper.rows_file={rows}", "hydra.sweeper.margin=1000",
                "hydra.sweeper.first=2", "hydra.sweeper.max_looks=2", "hydra.sweeper.futility=0", "optim.lr=0.01",
+               "hydra.sweeper.spending=pocock",
                *quick, f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
     out = cli(*command)
     assert out.code == 0, out.err
@@ -133,3 +136,16 @@ def test_the_mini_study_config_selects_the_sweeper_and_a_folder_of_its_own():
         200,
         2,
     )
+
+
+def test_the_sweepers_yaml_restates_the_designs_defaults():
+    # Hydra lists the options from the YAML; the design's defaults live in analysis.sequential.Design
+    from dataclasses import fields
+
+    from analysis.sequential import Design
+    from metaformer.engine.command_line import CONF_DIR
+
+    options = yaml.safe_load((CONF_DIR / "hydra" / "sweeper" / "adaptive.yaml").read_text())
+    for field in fields(Design):
+        if field.name != "rows":
+            assert options[field.name] == field.default, field.name
