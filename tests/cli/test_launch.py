@@ -1,5 +1,6 @@
 """The issue's other commands: torchrun on 2 CPU processes, multiruns (basic and joblib launchers), wandb offline,
-and the ImageNet and CIFAR configs on small data sets built here in their real on-disk formats."""
+and the ImageNet and CIFAR configs on small data sets built here in their real on-disk formats. torchrun and wandb
+(which starts its own service process) run as real processes; the others call run.py's entry in this process."""
 
 import json
 import os
@@ -45,11 +46,17 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path, processes):
     assert res["epochs"] == 2
 
 
+@pytest.fixture
+def here(cli, tmp_path, monkeypatch):
+    """run.py's entry in this process, in tmp_path (relative run folders land there)."""
+    monkeypatch.chdir(tmp_path)
+    return cli
+
+
 @pytest.mark.slow
-def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_path, processes):
-    QUICK = processes.quick
-    proc = run_cli("-m", "mixer=[pool,pool,pool,pool],[pool,pool,attn,attn]", *QUICK, "hydra.sweep.dir=sweep")
-    assert proc.returncode == 0, proc.stderr
+def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(here, tmp_path, quick):
+    done = here("-m", "mixer=[pool,pool,pool,pool],[pool,pool,attn,attn]", *quick, "hydra.sweep.dir=sweep")
+    assert done.code == 0, done.err
     jobs = {p.parent.name: results_of(p.parent) for p in (tmp_path / "sweep").glob("*/results.json")}
     assert sorted(jobs) == ["0", "1"]
     assert jobs["0"]["mixers"] == ["pool"] * 4 and jobs["1"]["mixers"] == ["pool", "pool", "attn", "attn"]
@@ -58,15 +65,14 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(run_cli, tmp_
 
 
 @pytest.mark.slow
-def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(run_cli, tmp_path, processes):
-    QUICK, cli_env = processes.quick, processes.env
-    env = cli_env()
-    env.pop("OMP_NUM_THREADS")  # let the launcher decide
-    proc = run_cli(
-        "-m", "seed=0,1", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
-        env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(here, tmp_path, quick, monkeypatch):
+    monkeypatch.delenv(
+        "OMP_NUM_THREADS", raising=False
+    )  # the worker processes inherit it: let the launcher decide
+    done = here(
+        "-m", "seed=0,1", *quick, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"
+    )
+    assert done.code == 0, done.err
     jobs = [results_of(tmp_path / "sweep" / str(i)) for i in (0, 1)]
     assert [r["seed"] for r in jobs] == [0, 1] and all(r["status"] == "completed" for r in jobs)
     assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in jobs)
@@ -102,14 +108,14 @@ def _image_folder(root, classes=("cat", "dog"), per_class=2, size=40):
 
 
 @pytest.mark.slow
-def test_the_imagenet_command_trains_s12_on_an_image_folder_tree(run_cli, tmp_path):
+def test_the_imagenet_command_trains_s12_on_an_image_folder_tree(here, tmp_path):
     _image_folder(tmp_path / "imagenet")
-    proc = run_cli(
+    done = here(
         "model=poolformer_s12", "data=imagenet", f"data.root={tmp_path / 'imagenet'}", "data.num_classes=null",
         "data.num_workers=0", "trainer.epochs=1", "trainer.batch_size=2", "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1", "hydra.run.dir=run",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert done.code == 0, done.err
     res = results_of(tmp_path / "run")
     assert (res["status"], res["model"], res["data"]) == ("completed", "poolformer_s12", "imagenet")
     assert round(res["gmacs"], 1) == 1.8  # S12 at 224 px, as in the paper
@@ -117,17 +123,17 @@ def test_the_imagenet_command_trains_s12_on_an_image_folder_tree(run_cli, tmp_pa
     assert head.shape[0] == 2  # the classes were found in the folders
 
 
-def test_cifar10_reads_the_python_pickle_layout(run_cli, tmp_path):
+def test_cifar10_reads_the_python_pickle_layout(here, tmp_path):
     folder = tmp_path / "cifar" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {"data": rng.integers(0, 255, (8, 3072), dtype=np.uint8), "labels": list(range(8))}
         (folder / name).write_bytes(pickle.dumps(batch))
-    proc = run_cli(
+    done = here(
         "data=cifar10", f"data.root={tmp_path / 'cifar'}", "trainer.batch_size=8", "trainer.epochs=1",
         "hydra.run.dir=run",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert done.code == 0, done.err
     res = results_of(tmp_path / "run")
     assert res["status"] == "completed" and res["data"] == "cifar10" and res["epochs"] == 1

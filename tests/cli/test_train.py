@@ -95,26 +95,29 @@ def start_signalled(when: str, *args: str, cwd, env) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_path, processes, quick):
-    start, finish, cli_env, exact = processes.start, processes.finish, processes.env, [*quick, *EXACT]
+def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(
+    tmp_path, processes, quick, cli, monkeypatch
+):
+    """Three real processes stopped by real signals at exact points (SIGKILL; SIGTERM; SIGUSR1 under SLURM); the
+    same commands again (run.py's entry, in this process) continue them to the weights and metrics of a run left
+    alone, which a second run of the same config matches exactly; resume=PATH carries a finished run on."""
+    cli_env, exact = processes.env, [*quick, *EXACT]
     calls = fake_scontrol(tmp_path / "bin")
-    slurm = cli_env(SLURM_JOB_ID="4242", PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"SLURM_JOB_ID": "4242", "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     interrupted = {  # name: (extra overrides, environment, the signal sent when batch B of epoch E is read)
         "killed": ([], cli_env(), "KILL@2.2"),  # at batch 2 of epoch 2: last.pt is epoch 1's
         "term": ([], cli_env(), "TERM@1.2"),  # mid-epoch 1: saves after batch 2
-        "usr1": (["trainer.requeue=true"], slurm, "USR1@2.1"),  # mid-epoch 2: saves after batch 1
+        "usr1": (["trainer.requeue=true"], cli_env(**slurm), "USR1@2.1"),  # mid-epoch 2: saves after batch 1
     }
-    first = finish(
-        {
-            "alone": start(*exact, "hydra.run.dir=alone", cwd=tmp_path),
-            "again": start(*exact, "hydra.run.dir=again", cwd=tmp_path),
-            **{
-                n: start_signalled(when, *exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
-                for n, (x, e, when) in interrupted.items()
-            },
-        }
-    )
-    assert first["alone"].returncode == 0 and first["again"].returncode == 0, first["alone"].stderr
+    signalled = {
+        n: start_signalled(when, *exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=e)
+        for n, (x, e, when) in interrupted.items()
+    }
+    monkeypatch.chdir(tmp_path)
+    for name in ("alone", "again"):  # while those run: two runs of the config left alone, in this process
+        done = cli(*exact, f"hydra.run.dir={name}")
+        assert done.code == 0, done.err
+    first = processes.finish(signalled)
     assert first["killed"].returncode == -9, first["killed"].stderr
     assert (first["term"].returncode, first["usr1"].returncode) == (128 + 15, 128 + 10), first["term"].stderr
 
@@ -129,16 +132,16 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     assert results_of(tmp_path / "killed")["status"] == "running"  # SIGKILL leaves no time to write anything
 
     # The same commands again continue the runs (resume=true is the default); resume=PATH starts a new folder.
-    again = finish(
-        {
-            **{n: start(*exact, *x, f"hydra.run.dir={n}", cwd=tmp_path, env=slurm) for n, (x, *_) in interrupted.items()},
-            "elsewhere": start(*exact, "trainer.epochs=3", f"resume={tmp_path / 'alone'}", "hydra.run.dir=third",
-                               cwd=tmp_path),
-        }
-    )  # fmt: skip
-    for proc in again.values():
-        assert proc.returncode == 0, proc.stderr
-    assert "resumed from" in again["usr1"].stdout and "batch 1 of epoch 2" in again["usr1"].stdout
+    with monkeypatch.context() as env:
+        for key, value in slurm.items():
+            env.setenv(key, value)
+        again = {n: cli(*exact, *x, f"hydra.run.dir={n}") for n, (x, *_) in interrupted.items()}
+    again["elsewhere"] = cli(
+        *exact, "trainer.epochs=3", f"resume={tmp_path / 'alone'}", "hydra.run.dir=third"
+    )
+    for done in again.values():
+        assert done.code == 0, done.err
+    assert "resumed from" in again["usr1"].out and "batch 1 of epoch 2" in again["usr1"].out
 
     alone = tmp_path / "alone"
     reference = {k: results_of(alone)[k] for k in COMPARED}
@@ -154,28 +157,19 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights_and_metrics(tmp_pa
     assert results_of(third)["epochs"] == 3
 
 
-def test_a_nan_loss_ends_one_job_of_a_sweep_as_diverged_and_the_analysis_lists_it(tmp_path, processes, quick):
-    start, finish = processes.start, processes.finish
-    proc = finish(
-        {
-            "sweep": start(
-                "-m",
-                "optim.lr=1e-3,1e30",
-                *quick,
-                "sched=constant",
-                "trainer.precision=fp32",
-                "trainer.epochs=3",
-                "trainer.limit_train_batches=4",
-                "hydra.sweep.dir=sweep",
-                cwd=tmp_path,
-            )  # fmt: skip
-        }
-    )["sweep"]
-    assert proc.returncode == 0, proc.stderr
+def test_a_nan_loss_ends_one_job_of_a_sweep_as_diverged_and_the_analysis_lists_it(
+    tmp_path, cli, quick, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    done = cli(
+        "-m", "optim.lr=1e-3,1e30", *quick, "sched=constant", "trainer.precision=fp32", "trainer.epochs=3",
+        "trainer.limit_train_batches=4", "hydra.sweep.dir=sweep",
+    )  # fmt: skip
+    assert done.code == 0, done.err
     fine, bad = results_of(tmp_path / "sweep" / "0"), results_of(tmp_path / "sweep" / "1")
     assert fine["status"] == "completed" and fine["epochs"] == 3  # the other job went on
     assert bad["status"] == "diverged" and bad["epochs"] < 3 and bad["loss"] is None
     assert bad["diverged_step"] == 4 * (bad["diverged_epoch"] - 1) + bad["diverged_batch"]
-    assert f"at step {bad['diverged_step']} " in bad["error"] and "NaN/inf" in proc.stdout
+    assert f"at step {bad['diverged_step']} " in bad["error"] and "NaN/inf" in done.out
     excluded = excluded_runs(collect_runs([tmp_path / "sweep"]))
     assert list(excluded["status"]) == ["diverged"] and excluded["folder"][0].endswith("sweep/1")
