@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter
 from matplotlib.transforms import Bbox
 
 from analysis.collect import AnalysisError
@@ -318,14 +318,18 @@ def plot_delta_vs_paper(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_aspect("equal")
+    # symlog's own ticks are only the decades (±1, ±10); 2 and 5 too while they fit
+    steps = [0.5, 1, 2, 5, 10, 20] if reach <= 12 else [0.5, 1, 10, 100, 1000]
+    ticks = [0.0] + [sign * t for t in steps if t <= reach for sign in (-1, 1)]
     for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(sorted(ticks)))
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     numbers = list(range(1, len(rows) + 1))
     _place_labels(ax, list(zip(paper, ours, strict=True)), [str(n) for n in numbers], colors)
     _key(key, numbers, names, colors, "rows (colour: verdict)")
     ax.set_xlabel("paper Δ top-1 (points, symlog: linear within ±1)")
     ax.set_ylabel("our Δ top-1 with adjusted CI (points, symlog)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best")  # where it hides no point or interval
     ax.set_title(_title("our Δ vs the paper's Δ, each to its baseline", table), fontsize=9)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
