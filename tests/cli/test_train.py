@@ -41,7 +41,7 @@ def same_weights(a, b) -> bool:
 @pytest.mark.slow
 def test_a_short_fashion_mnist_run_learns_and_fills_its_run_folder(run_cli, tmp_path):
     proc = run_cli(
-        "trainer.epochs=2", "trainer.batch_size=64", "trainer.limit_train_batches=40",
+        "trainer.epochs=2", "trainer.batch_size=64", "trainer.limit_train_batches=20",
         "trainer.limit_val_batches=10", "hydra.run.dir=run",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -1,13 +1,15 @@
 """The benchmark harness runs end to end on a small input; its figures are not checked (benchmarks are not tests)."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
 
+import metaformer.bench.__main__ as bench_main
 from metaformer import create_model
 from metaformer.bench.__main__ import build_timm_twin, main, timm_twin
-from metaformer.bench.throughput import Outcome, ratios, summary
+from metaformer.bench.throughput import Outcome, matmul_peak_gflops, ratios, summary
 from metaformer.errors import run_main
 from metaformer.fast import fast_settings
 
@@ -57,7 +59,10 @@ def test_ratios_pair_rounds_and_summary_takes_their_median():
     assert "median_ratio" not in record["rows"][0]
 
 
-def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys):
+def test_harness_compares_with_timm_in_both_modes(tmp_path, capsys, monkeypatch):
+    # --peak's real measurement on 256x256 products for 0.05 s (the command's 2048x2048 for 1 s per dtype costs
+    # seconds of CPU and its figure is not checked here)
+    monkeypatch.setattr(bench_main, "matmul_peak_gflops", partial(matmul_peak_gflops, n=256, seconds=0.05))
     out = tmp_path / "bench.json"
     args = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--iters", "1", "--warmup", "1"]
     assert (
