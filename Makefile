@@ -28,7 +28,9 @@ train: setup data
 
 # The main suite (pytest-xdist: one worker per core), then the SLURM group against a local one-node cluster (scripts/slurm-local.sh), which needs
 # root: as root the cluster is started here (apt-get installs SLURM when missing) and stopped afterwards
-# unless it was up already; without root its tests skip with the reason (in CI, CI=true, they fail).
+# unless it was up already; without root its tests skip with the reason (in CI, CI=true, they fail). The SLURM
+# tests mostly wait (on the queue, on submitit's polling), so once the cluster is up they run side by side, one
+# pytest-xdist worker each (-n 4); if it is not, one process tries to start it and says why not.
 test: setup data
 	$(PY) -m pytest -q -n auto -m "not slurm" $(ARGS)
 	$(MAKE) --no-print-directory test-slurm
@@ -37,7 +39,8 @@ test-slurm: setup
 	@if [ "$$(id -u)" != 0 ]; then exec $(PY) -m pytest -q -m slurm tests/slurm; fi; \
 	was_up=$$(bash scripts/slurm-local.sh status >/dev/null 2>&1 && echo yes); \
 	bash scripts/slurm-local.sh up || echo "the SLURM tests will say why the cluster is not there"; \
-	$(PY) -m pytest -q -m slurm tests/slurm; status=$$?; \
+	workers=$$(bash scripts/slurm-local.sh status >/dev/null 2>&1 && echo "-n 4"); \
+	$(PY) -m pytest -q $$workers -m slurm tests/slurm; status=$$?; \
 	[ -n "$$was_up" ] || bash scripts/slurm-local.sh down; \
 	exit $$status
 

@@ -31,6 +31,8 @@ TINY = ["data=synthetic", "data.num_train=64", "data.num_val=32", "trainer.batch
 TINY += ["trainer.limit_train_batches=2"]
 # Runs long enough to be signalled in the middle (16 batches an epoch; add trainer.epochs).
 LONGER = ["data=synthetic", "data.num_train=256", "data.num_val=32", "trainer.batch_size=16"]
+# The timeouts below only bound a hang: `make test-slurm` runs the tests side by side, so a sweep's jobs may wait
+# in the queue behind another test's, and a CI machine may be several times slower than a workstation.
 STILL_RUNNING = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING"}
 
 
@@ -71,7 +73,7 @@ def start_sweep(env: dict[str, str], cwd: Path, *overrides: str) -> subprocess.P
 
 
 def sweep(
-    env: dict[str, str], cwd: Path, *overrides: str, timeout: float = 180
+    env: dict[str, str], cwd: Path, *overrides: str, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run the sweep command to its end; stdout holds stdout and stderr."""
     proc = start_sweep(env, cwd, *overrides)
@@ -83,7 +85,7 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def slurm_job(sweep_dir: Path, job: int, timeout: float = 60) -> str:
+def slurm_job(sweep_dir: Path, job: int, timeout: float = 180) -> str:
     """The SLURM id (ARRAY_TASK) of Hydra job number `job`, from the folder submitit makes for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,7 +96,7 @@ def slurm_job(sweep_dir: Path, job: int, timeout: float = 60) -> str:
     raise AssertionError(f"no SLURM job for job {job} under {sweep_dir / '.submitit'}")
 
 
-def wait_until(condition, what: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+def wait_until(condition, what: str, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
     """Poll `condition()` until true; fail with `what` after `timeout` s, or if `proc` ended before."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -120,7 +122,7 @@ def sacct_states(env: dict[str, str], job: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def wait_for_jobs(env: dict[str, str], job: str, timeout: float = 120) -> None:
+def wait_for_jobs(env: dict[str, str], job: str, timeout: float = 300) -> None:
     """Wait until SLURM has no job of `job` (an array id covers its tasks) pending or running."""
 
     def ended() -> bool:
