@@ -1,8 +1,9 @@
 """Shared fixtures: composing a config in-process, running `python run.py` in-process or as a real process.
 
 Most configuration and error tests call Hydra's compose API or run.py's own entry function (`cli`) in this
-process, which costs milliseconds; `run_cli` starts a real process (about 5 s of imports) and is kept for the
-end-to-end paths: a real training run, a sweep, signals, kill and resume, torchrun.
+process, which costs milliseconds; `run_cli` and `processes` start real processes (about 5 s of imports each) and
+are kept for the end-to-end paths: a real training run, runs killed or preempted by real signals, torchrun,
+`--help` with only what run.py imports. Sweeps, resumed runs and the other launch paths run in-process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The issue's other commands: torchrun on 2 CPU processes, multiruns (basic and joblib launchers), wandb offline,
-and the ImageNet and CIFAR configs on small data sets built here in their real on-disk formats. torchrun and wandb
-(which starts its own service process) run as real processes; the others call run.py's entry in this process."""
+and the ImageNet and CIFAR configs on small data sets built here in their real on-disk formats. torchrun runs its
+two real processes; the others call run.py's entry in this process (joblib's jobs run in its worker processes)."""
 
 import json
 import os
@@ -79,12 +79,16 @@ def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(here, tmp_path
 
 
 @pytest.mark.slow
-def test_wandb_logs_offline_without_an_api_key(run_cli, tmp_path, processes):
-    QUICK, cli_env = processes.quick, processes.env
-    env = cli_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wb"), HOME=str(tmp_path))
-    env.pop("WANDB_API_KEY", None)
-    proc = run_cli(*QUICK, "logger=wandb", "hydra.run.dir=run", env=env)
-    assert proc.returncode == 0, proc.stderr
+def test_wandb_logs_offline_without_an_api_key(here, tmp_path, quick, monkeypatch):
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path / "wb"),
+        "HOME": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    done = here(*quick, "logger=wandb", "hydra.run.dir=run")
+    assert done.code == 0, done.err
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     # wandb-core keeps an offline run in one protobuf log (run-<id>.wandb) until `wandb sync`; the summary
