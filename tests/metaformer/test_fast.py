@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,15 @@ def test_compile_cache_is_ours_after_inductor_wrote_its_default(monkeypatch, tmp
 def test_bf16_detection_honours_an_avx2_restriction():
     """oneDNN restricted to AVX2 kernels (ONEDNN_MAX_CPU_ISA) has no bf16 arithmetic, so `auto` must pick float32."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    code = "from metaformer.fast import resolve_precision; print(resolve_precision('auto', 'cpu'))"
+    # metaformer/fast.py needs torch alone: loaded by its path, the fresh interpreter skips the package's imports
+    # (timm, torchvision), a few seconds of a test about oneDNN's restriction.
+    fast = Path(__file__).resolve().parents[2] / "metaformer" / "fast.py"
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('metaformer_fast', {str(fast)!r})\n"
+        "module = sys.modules['metaformer_fast'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(module.resolve_precision('auto', 'cpu'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "fp32"
