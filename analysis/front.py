@@ -216,14 +216,15 @@ def plot_front(front: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def hypervolumes(fronts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The hypervolume (top-1 up, MACs down) each search's trained trials dominate after each of them, in trial
-    order: columns search, trials (trained so far), hypervolume, share (of the box between the reference and the
+    order: columns search, sampler, trials (trained so far), hypervolume, share (of the box between the reference and the
     best top-1 and fewest MACs of any search). The reference point, shared by all searches, is the lowest top-1
     and the most MACs of any of their trained trials (`attrs["reference"]`), so only the searches' own points
     set the scale. Computed with Optuna's exact hypervolume (the one its samplers and plots use)."""
     from optuna._hypervolume import compute_hypervolume
 
-    points = {}
+    points, samplers = {}, {}
     for name, front in fronts.items():
+        samplers[name] = front.attrs.get("state", {}).get("sampler")
         ok = front[front["usable"] & np.isfinite(front["gmacs"].astype(float))].sort_values("trial")
         if not len(ok):
             raise AnalysisError(f"{name}: no trained trial with a top-1 and MACs")
@@ -238,7 +239,7 @@ def hypervolumes(fronts: dict[str, pd.DataFrame]) -> pd.DataFrame:
         for k in range(1, len(p) + 1):
             inside = loss[:k][(loss[:k] < ref).all(axis=1)]
             volume = float(compute_hypervolume(inside, ref)) if len(inside) else 0.0
-            records.append({"search": name, "trials": k, "hypervolume": volume,
+            records.append({"search": name, "sampler": samplers[name], "trials": k, "hypervolume": volume,
                             "share": volume / box if box > 0 else float("nan")})  # fmt: skip
     table = pd.DataFrame(records)
     table.attrs["reference"] = reference
@@ -284,7 +285,8 @@ def plot_hypervolumes(history: pd.DataFrame, path: str | os.PathLike) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for name, group in history.groupby("search", sort=False):
-        ax.step(group["trials"], 100 * group["share"], where="post", lw=1.5, label=name)
+        label = f"{name} ({group['sampler'].iloc[0]})" if group["sampler"].iloc[0] else name
+        ax.step(group["trials"], 100 * group["share"], where="post", lw=1.5, label=label)
     ax.set_xlabel("trained trials")
     ax.set_ylabel("hypervolume (% of the box)")
     top1, gmacs = history.attrs["reference"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -272,7 +273,8 @@ def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path
     ax.axvline(0, color="black", linewidth=0.8)
     level = table.attrs.get("level")
     level_text = f"{100 * level:.2f}% CI (Bonferroni-adjusted)" if level else "adjusted CI"
-    ax.set_xlabel(f"top-1 difference to {baseline} (points), {level_text}")
+    # wrapped: a long baseline label (a search's candidate) would run off the figure
+    ax.set_xlabel(textwrap.fill(f"top-1 difference to {baseline} (points), {level_text}", 70))
     legend = [ax.scatter([], [], color=c, label=o) for o, c in OUTCOME_COLORS.items()]
     if margin > 0:
         from matplotlib.patches import Patch
