@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mixers import build_mixer, list_mixers
+from mixers.conv import DepthwiseConv2d
 
 RES = (6, 5)
 
@@ -101,6 +102,36 @@ def test_fnet_is_parameter_free_real_fft():
     assert list(m.parameters()) == []
     x = torch.randn(1, 3, 4, 4)
     assert torch.allclose(m(x), torch.fft.fftn(x, dim=(1, 2, 3), norm="ortho").real, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (4, 4), (7, 7), (9, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_equals_torchs_convolution_on_every_map_size(kernel_size, size, channels_last):
+    """The small-map matrix path (H*W <= k*k) and the convolution agree in value, gradient and memory layout."""
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, kernel_size).double()
+    x = torch.randn(3, 6, *size, dtype=torch.double)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x.requires_grad_()
+    y = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=kernel_size // 2, groups=6)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(y, [x, conv.weight, conv.bias], g)
+    expected = torch.autograd.grad(ref, [x, conv.weight, conv.bias], g)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=layout) and grads[0].is_contiguous(memory_format=layout)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_sepconv_scripts_to_the_convolution():
+    torch.manual_seed(0)
+    m = build_mixer("sepconv", 8).eval()
+    x = torch.randn(2, 8, 2, 2)
+    torch.testing.assert_close(torch.jit.script(m)(x), m(x))
 
 
 def test_dwconv_and_sepconv_options():

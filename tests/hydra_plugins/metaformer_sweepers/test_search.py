@@ -26,8 +26,9 @@ def trained(study):
 
 
 def search(tmp_path, *extra):
+    """The recorded search's config, cut down: its trials one at a time (batch_size null and one job)."""
     return ("-m", "+search=hybrid", SPACE, "hydra.sweeper.references=[]", "hydra.sweeper.sampler=random",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra)  # fmt: skip
+            "hydra.sweeper.batch_size=null", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra)  # fmt: skip
 
 
 def made_up(pairs):
