@@ -47,7 +47,11 @@ class DepthwiseConv2d(nn.Conv2d):
     """A same-padded depthwise k x k nn.Conv2d (its parameters and state dict). On CPU, a map no larger than the
     kernel (H*W <= k*k, as in the late stages) goes through one (H*W x H*W) matrix per channel built from the
     kernel: the same sums in no more multiply-adds, and a batched matmul whose backward is faster than oneDNN's
-    depthwise weight gradient (experiments/BENCHMARKS.md, "Depthwise convolutions on small maps")."""
+    depthwise weight gradient (experiments/BENCHMARKS.md, "Depthwise convolutions on small maps"). Set
+    `small_map_matmul = False` on an instance for the convolution everywhere (python -m metaformer.bench.depthwise
+    compares the two)."""
+
+    small_map_matmul: bool = True
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
         super().__init__(
@@ -67,7 +71,8 @@ class DepthwiseConv2d(nn.Conv2d):
             return self._conv_forward(x, self.weight, self.bias)
         k = self.kernel_size[0]
         n, c, h, w = x.shape
-        if x.device.type != "cpu" or h * w > k * k or k % 2 == 0 or _transformed(x):
+        small = self.small_map_matmul and h * w <= k * k and k % 2 == 1
+        if not small or x.device.type != "cpu" or _transformed(x):
             return self._conv_forward(x, self.weight, self.bias)
         layout = (
             torch.channels_last

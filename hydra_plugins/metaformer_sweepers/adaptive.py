@@ -24,13 +24,10 @@ import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
-from analysis.collect import AnalysisError
-from analysis.sequential import SPENDING, Design, decide, next_seeds
 from hydra_plugins.metaformer_sweepers.base import (
     FolderSweeper,
     Job,
@@ -39,6 +36,14 @@ from hydra_plugins.metaformer_sweepers.base import (
     refuse,
     slug,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from analysis.sequential import Design
+
+# analysis (pandas, scipy, matplotlib) is imported where the sweeper runs, not here: Hydra imports every plugin
+# module in every `run.py` process to find its plugins.
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +61,28 @@ class AdaptiveSweeper(FolderSweeper):
     def __init__(
         self,
         baseline: str = "baseline",
-        margin: float = Design.margin,
-        alpha: float = Design.alpha,
-        first: int = Design.first,
-        step: int = Design.step,
-        max_looks: int = Design.max_looks,
+        margin: float | None = None,
+        alpha: float | None = None,
+        first: int | None = None,
+        step: int | None = None,
+        max_looks: int | None = None,
         max_seeds: int | None = None,
-        spending: str = Design.spending,
-        futility: float = Design.futility,
+        spending: str | None = None,
+        futility: float | None = None,
         max_runs: int | None = None,
         rows_file: str | None = None,
         max_batch_size: int | None = None,
         **unknown: Any,
     ) -> None:
+        """The design options left None take analysis.sequential.Design's defaults."""
+        from analysis.sequential import SPENDING, Design
+
         check_options(self.name, unknown, OPTIONS)
         super().__init__(max_batch_size)
+        given = dict(margin=margin, alpha=alpha, first=first, step=step, max_looks=max_looks,
+                     spending=spending, futility=futility)  # fmt: skip
+        self.options = {k: getattr(Design, k) if v is None else v for k, v in given.items()}
+        margin, first, step, spending = (self.options[k] for k in ("margin", "first", "step", "spending"))
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             refuse(
                 f"hydra.sweeper.margin={margin}: give 0 or more points of top-1 (0: no equivalence), e.g. 0.5"
@@ -82,17 +94,18 @@ class AdaptiveSweeper(FolderSweeper):
                 refuse(
                     f"hydra.sweeper.max_seeds={max_seeds} is below the first round's {first} seeds per row"
                 )
-            max_looks = 1 + (max_seeds - first) // step
+            self.options["max_looks"] = 1 + (max_seeds - first) // step
         if max_runs is not None and max_runs < 1:
             refuse(f"hydra.sweeper.max_runs={max_runs}: give a positive number of runs, or null (no limit)")
         self.baseline = str(baseline)
-        self.options = dict(margin=margin, alpha=alpha, first=first, step=step, max_looks=max_looks,
-                            spending=spending, futility=futility)  # fmt: skip
         self.design = self._design()  # checks the values now, before the rows are known
         self.max_runs = max_runs
         self.rows_file = rows_file
 
     def _design(self, rows: int | None = None) -> Design:
+        from analysis.collect import AnalysisError
+        from analysis.sequential import Design
+
         try:
             return Design(**self.options, rows=rows)
         except AnalysisError as e:
@@ -172,6 +185,9 @@ class AdaptiveSweeper(FolderSweeper):
         self, fixed: list[str], rows: dict[str, list[str]], baseline: str, design: Design, identity: dict
     ) -> dict[str, Any]:
         """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had."""
+        from analysis.collect import AnalysisError
+        from analysis.sequential import decide, next_seeds
+
         wanted = {name: list(range(design.first)) for name in rows}
         rounds: list[dict[str, Any]] = []
         state: dict[str, Any] = {"identity": identity, "rounds": rounds, "finished": False}
@@ -239,6 +255,8 @@ class AdaptiveSweeper(FolderSweeper):
 
     def runs(self, rows: dict[str, list[str]]) -> pd.DataFrame:
         """Every run of the study as `decide` reads it: label (the row), seed, top1, status."""
+        import pandas as pd
+
         records = []
         for name, seed, subdir in self.row_folders(rows):
             result = self.results(subdir)
@@ -269,6 +287,8 @@ def _records(decisions: pd.DataFrame) -> list[dict[str, Any]]:
 
 def render_study(decisions: pd.DataFrame, design: Design, state: dict, labels: dict[str, str]) -> str:
     """The decisions as a markdown table, with a footnote naming the rule and a line saying why the study ended."""
+
+    import pandas as pd
 
     def number(x: Any, fmt: str) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)

@@ -7,13 +7,14 @@ import pytest
 
 from metaformer import list_acts, list_norms
 from metaformer.bench import __main__ as bench
-from metaformer.bench import loop, scaling
+from metaformer.bench import depthwise, loop, scaling
 from mixers import list_mixers
 
 PARSERS = {
     "python -m metaformer.bench": bench.build_parser,
     "python -m metaformer.bench.scaling": scaling.build_parser,
     "python -m metaformer.bench.loop": loop.build_parser,
+    "python -m metaformer.bench.depthwise": depthwise.build_parser,
 }
 
 
