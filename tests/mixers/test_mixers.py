@@ -126,6 +126,21 @@ def test_depthwise_conv_equals_torchs_convolution_on_every_map_size(kernel_size,
     assert y.is_contiguous(memory_format=layout) and grads[0].is_contiguous(memory_format=layout)
 
 
+def test_depthwise_conv_under_vmap_takes_the_convolution():
+    """Packed seeds (torch.func.vmap over stacked weights) ask no layout questions: the convolution, per seed."""
+    torch.manual_seed(0)
+    convs = [DepthwiseConv2d(4, 7) for _ in range(2)]
+    params, _ = torch.func.stack_module_state(convs)
+    x = torch.randn(2, 3, 4, 2, 2)  # (seed, batch, C, H, W): a map small enough for the matrix path
+
+    def one(p, xi):
+        return torch.func.functional_call(convs[0], p, (xi,))
+
+    out = torch.func.vmap(one)(params, x)
+    for k, conv in enumerate(convs):
+        torch.testing.assert_close(out[k], conv(x[k]))
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_sepconv_scripts_to_the_convolution():
     torch.manual_seed(0)
