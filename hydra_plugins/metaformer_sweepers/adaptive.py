@@ -215,7 +215,7 @@ class AdaptiveSweeper(FolderSweeper):
                 "round": len(rounds) + 1, "look": int(decisions.attrs["look"]), "launched": len(new),
                 "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
             })  # fmt: skip
-            self.write_state(STATE, state)
+            self.report(decisions, design, state, rows)  # where a stopped study stands, after every round
             wanted = next_seeds(decisions)
             if not wanted:
                 state["finished"] = True
@@ -228,13 +228,20 @@ class AdaptiveSweeper(FolderSweeper):
                 break
         else:
             state["stop"] = "too many rounds"
-        state["decisions"] = [] if decisions is None else _records(decisions)
-        self.write_state(STATE, state)
-        if decisions is not None:
-            text = render_study(decisions, design, state, self.labels(rows))
-            (self.sweep_dir / REPORT).write_text(text + "\n")
-            print(text, flush=True)
+        if decisions is None:
+            state["decisions"] = []
+            self.write_state(STATE, state)
+        else:
+            print(self.report(decisions, design, state, rows), flush=True)
         return state
+
+    def report(self, decisions: pd.DataFrame, design: Design, state: dict, rows: dict[str, list[str]]) -> str:
+        """Write the decisions into study.json and study.md; return the markdown."""
+        state["decisions"] = _records(decisions)
+        self.write_state(STATE, state)
+        text = render_study(decisions, design, state, self.labels(rows))
+        (self.sweep_dir / REPORT).write_text(text + "\n")
+        return text
 
     def job(self, fixed: list[str], rows: dict[str, list[str]], name: str, seed: int) -> Job:
         return Job(f"{name}/seed_{seed}", (*fixed, *rows[name], f"seed={seed}"))
@@ -316,5 +323,7 @@ def render_study(decisions: pd.DataFrame, design: Design, state: dict, labels: d
         f"(TOST); futility stop below {design.futility:.0%} conditional power (non-binding). Intervals are at each "
         f"row's adjusted level."
     )
-    ended = f"{len(state['rounds'])} rounds, {runs} runs. Stopped: {state.get('stop', 'running')}."
+    ended = f"{len(state['rounds'])} rounds, {runs} runs. " + (
+        f"Stopped: {state['stop']}." if "stop" in state else "Running: the same command continues the study."
+    )
     return f"{table.to_markdown(index=False, disable_numparse=True)}\n\n{footnote}\n\n{ended}"

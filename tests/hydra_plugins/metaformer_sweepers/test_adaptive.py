@@ -59,15 +59,24 @@ def test_after_the_first_round_only_the_undecided_row_gets_more_seeds(cli, fake_
 
 def test_a_rerun_continues_without_running_a_finished_job_again(cli, fake_launcher, tmp_path):
     fake = fake_launcher(made_up)
-    fake.interrupt_after = 5  # killed while the sixth job of round 1 trains
+    fake.interrupt_after = 13  # killed while the second job of round 2 trains
     with pytest.raises(KeyboardInterrupt):
         cli(*args(tmp_path))
-    assert len(fake.launched) == 5
+    assert len(fake.launched) == 13
+    # Where the stopped study stands: round 1's decisions, in study.json and study.md.
+    outcome = {d["label"]: d["outcome"] for d in study(tmp_path)["decisions"] if not d["is_baseline"]}
+    assert outcome == {"mixer_identity": "better", "act_relu": "equivalent", "norm_bn": "undecided"}
+    report = (tmp_path / "sweep" / "study.md").read_text()
+    assert "1 rounds, 12 runs. Running: the same command continues the study." in report
     fake.interrupt_after = None
     assert cli(*args(tmp_path)).code == 0
     assert (
         len(fake.launched) == len(set(fake.launched)) == 16
     )  # the killed job ran once more, nothing else twice
+    assert (
+        "Stopped: every row is decided, futile or at its last look."
+        in (tmp_path / "sweep" / "study.md").read_text()
+    )
     again = len(fake.launched)
     assert cli(*args(tmp_path)).code == 0
     assert len(fake.launched) == again  # a finished study: nothing to run
