@@ -179,17 +179,24 @@ class AdaptiveSweeper(FolderSweeper):
                 "design); run the same command to continue it, or choose another hydra.sweep.dir"
             )
         self.save_multirun_yaml()
-        return self.run_study(fixed, rows, baseline, design, identity)
+        return self.run_study(fixed, rows, baseline, design, identity, (previous or {}).get("rounds", []))
 
     def run_study(
-        self, fixed: list[str], rows: dict[str, list[str]], baseline: str, design: Design, identity: dict
+        self,
+        fixed: list[str],
+        rows: dict[str, list[str]],
+        baseline: str,
+        design: Design,
+        identity: dict,
+        earlier: list[dict[str, Any]] = (),
     ) -> dict[str, Any]:
-        """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had."""
+        """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had. A rerun
+        keeps the `earlier` rounds of study.json and replays their looks from the runs without adding a round."""
         from analysis.collect import AnalysisError
         from analysis.sequential import decide, next_seeds
 
         wanted = {name: list(range(design.first)) for name in rows}
-        rounds: list[dict[str, Any]] = []
+        rounds: list[dict[str, Any]] = list(earlier)
         state: dict[str, Any] = {"identity": identity, "rounds": rounds, "finished": False}
         decisions = None
         for _ in range(4 * design.cap + 4):  # each round adds a seed to some row; a bound against a loop
@@ -211,10 +218,12 @@ class AdaptiveSweeper(FolderSweeper):
             except AnalysisError as e:  # no run ended (every job was stopped): nothing to decide
                 state["stop"] = f"no decision: {e}"
                 break
-            rounds.append({
-                "round": len(rounds) + 1, "look": int(decisions.attrs["look"]), "launched": len(new),
-                "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
-            })  # fmt: skip
+            look = int(decisions.attrs["look"])
+            if new or not rounds or rounds[-1]["look"] != look:  # a replayed look is the earlier round's
+                rounds.append({
+                    "round": len(rounds) + 1, "look": look, "launched": len(new),
+                    "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
+                })  # fmt: skip
             self.report(decisions, design, state, rows)  # where a stopped study stands, after every round
             wanted = next_seeds(decisions)
             if not wanted:

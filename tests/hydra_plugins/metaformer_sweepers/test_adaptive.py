@@ -77,9 +77,16 @@ def test_a_rerun_continues_without_running_a_finished_job_again(cli, fake_launch
         "Stopped: every row is decided, futile or at its last look."
         in (tmp_path / "sweep" / "study.md").read_text()
     )
+    rounds = study(tmp_path)["rounds"]
+    assert [(r["round"], r["look"]) for r in rounds] == [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+    ]  # the rerun went on from round 2
     again = len(fake.launched)
     assert cli(*args(tmp_path)).code == 0
-    assert len(fake.launched) == again  # a finished study: nothing to run
+    assert len(fake.launched) == again  # a finished study: nothing to run, and no round added
+    assert study(tmp_path)["rounds"] == rounds
 
 
 def test_the_budget_stops_the_study_before_a_round_that_does_not_fit(cli, fake_launcher, tmp_path):
