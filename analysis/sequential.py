@@ -29,7 +29,7 @@ Public API (the adaptive sweeper calls `decide` after each round with every run 
 
     design = Design(margin=0.5, alpha=0.05, max_looks=3, first=3, step=1)
     decisions = decide(runs, baseline="baseline", design=design, look=k)   # one row per configuration
-    todo = next_seeds(decisions)   # label -> the seed ids to run next (the baseline included); empty: finished
+    todo = next_seeds(decisions)   # label -> the seed ids to run next (the baseline included); {}: none yet
 
 `replay` runs the rule on a recorded study (seeds taken in ascending order), `simulate` (analysis.simulate)
 measures its error and power on numbers drawn with known effects.
@@ -351,8 +351,8 @@ def next_seeds(decisions: pd.DataFrame, cap: int | None = None) -> dict[str, lis
 
     `decisions` is `decide`'s frame. Undecided rows still running get enough new seeds to reach the next look's
     count (never beyond `cap`, default the design's last look); the baseline gets every seed those rows will run
-    that it has not run. An empty dict: the study is finished (every row decided, futile or at its cap).
-    """
+    that it has not run. An empty dict: nothing to run before the next look (the study is finished when
+    every row has `stopped`)."""
     design = decisions.attrs.get("design")
     cap = cap if cap is not None else (design.cap if design else None)
     todo: dict[str, list[int]] = {}

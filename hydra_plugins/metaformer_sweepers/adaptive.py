@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,10 +189,12 @@ class AdaptiveSweeper(FolderSweeper):
         baseline: str,
         design: Design,
         identity: dict,
-        earlier: list[dict[str, Any]] = (),
+        earlier: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
-        """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had. A rerun
-        keeps the `earlier` rounds of study.json and replays their looks from the runs without adding a round."""
+        """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had. Round k
+        trains the seeds look k needs and then decides look k. A rerun keeps the `earlier` rounds of study.json
+        and replays their looks in order from the runs, training only what a stopped round left: a look is never
+        taken on a round that is not finished (which the baseline's seed count alone cannot tell)."""
         from analysis.collect import AnalysisError
         from analysis.sequential import decide, next_seeds
 
@@ -199,7 +202,7 @@ class AdaptiveSweeper(FolderSweeper):
         rounds: list[dict[str, Any]] = list(earlier)
         state: dict[str, Any] = {"identity": identity, "rounds": rounds, "finished": False}
         decisions = None
-        for _ in range(4 * design.cap + 4):  # each round adds a seed to some row; a bound against a loop
+        for look in range(1, design.max_looks + 1):  # round k ends with look k, also when a rerun replays it
             jobs = [self.job(fixed, rows, name, seed) for name, seeds in wanted.items() for seed in seeds]
             new = [job for job in jobs if not self.ended(job.subdir)]
             spent = self.runs_spent(rows)
@@ -210,33 +213,33 @@ class AdaptiveSweeper(FolderSweeper):
                 )
                 break
             if new:
-                log.info("Adaptive study, round %d: %d runs (%s)", len(rounds) + 1, len(new),
+                log.info("Adaptive study, round %d: %d runs (%s)", look, len(new),
                          ", ".join(sorted({j.subdir.partition('/')[0] for j in new})))  # fmt: skip
             self.launch(jobs)
             try:
-                decisions = decide(self.runs(rows), baseline=baseline, design=design)
+                decisions = decide(self.runs(rows), baseline=baseline, design=design, look=look)
             except AnalysisError as e:  # no run ended (every job was stopped): nothing to decide
                 state["stop"] = f"no decision: {e}"
                 break
-            look = int(decisions.attrs["look"])
-            if new or not rounds or rounds[-1]["look"] != look:  # a replayed look is the earlier round's
+            record = next((r for r in rounds if r["look"] == look), None)
+            if record is None:
                 rounds.append({
                     "round": len(rounds) + 1, "look": look, "launched": len(new),
                     "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
                 })  # fmt: skip
+            elif new:  # a round that a stop cut short, finished by this rerun
+                record.update(launched=record["launched"] + len(new), runs=self.runs_spent(rows))
             self.report(decisions, design, state, rows)  # where a stopped study stands, after every round
-            wanted = next_seeds(decisions)
-            if not wanted:
+            if decisions["stopped"].all():
                 state["finished"] = True
                 state["stop"] = "every row is decided, futile or at its last look"
                 break
-            if all(
+            wanted = next_seeds(decisions)  # empty when a rerun has the next look's seeds already
+            if wanted and all(
                 self.ended(self.job(fixed, rows, n, s).subdir) for n, seeds in wanted.items() for s in seeds
             ):
                 state["stop"] = "the seeds the rule asks for have all run and failed"
                 break
-        else:
-            state["stop"] = "too many rounds"
         if decisions is None:
             state["decisions"] = []
             self.write_state(STATE, state)

@@ -73,20 +73,23 @@ def test_a_rerun_continues_without_running_a_finished_job_again(cli, fake_launch
     assert (
         len(fake.launched) == len(set(fake.launched)) == 16
     )  # the killed job ran once more, nothing else twice
+    # The rerun finishes round 2 (the baseline's seed 3 ran, norm_bn's did not) before it takes look 2.
+    assert fake.launched[13:] == ["norm_bn/seed_3", "baseline/seed_4", "norm_bn/seed_4"]
     assert (
         "Stopped: every row is decided, futile or at its last look."
         in (tmp_path / "sweep" / "study.md").read_text()
     )
     rounds = study(tmp_path)["rounds"]
-    assert [(r["round"], r["look"]) for r in rounds] == [
-        (1, 1),
-        (2, 2),
-        (3, 3),
-    ]  # the rerun went on from round 2
-    again = len(fake.launched)
+    assert [(r["round"], r["look"], r["launched"]) for r in rounds] == [
+        (1, 1, 12),
+        (2, 2, 1),
+        (3, 3, 2),
+    ]  # the rerun went on from round 2: the run the stop cut short, then round 3
+    again, decisions = len(fake.launched), study(tmp_path)["decisions"]
     assert cli(*args(tmp_path)).code == 0
     assert len(fake.launched) == again  # a finished study: nothing to run, and no round added
     assert study(tmp_path)["rounds"] == rounds
+    assert study(tmp_path)["decisions"] == decisions  # replayed to its last look, not stopped at look 1
 
 
 def test_the_budget_stops_the_study_before_a_round_that_does_not_fit(cli, fake_launcher, tmp_path):
