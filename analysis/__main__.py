@@ -19,7 +19,25 @@ from analysis.collect import AnalysisError, collect_runs
 from analysis.report import write_report
 from analysis.stats import DEFAULT_MARGIN
 from analysis.table import DEFAULT_BASELINES, FORMATS, ablation_table, render, render_excluded
-from metaformer.errors import report, run_main
+
+
+def report(error: BaseException | str, prog: str = "") -> None:
+    """Print `prog: error: message` (or `error: message`) on stderr, on one line. The training side's
+    metaformer.errors does the same, but this package stays torch-free, and `import metaformer` loads torch."""
+    args = error.args if isinstance(error, BaseException) else (error,)
+    text = args[0] if len(args) == 1 and isinstance(args[0], str) else str(error)
+    print(
+        f"{prog}: error: " if prog else "error: ", " ".join(text.split()), sep="", file=sys.stderr, flush=True
+    )
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """`main`, with bad input (ValueError, KeyError) as one line and exit 2, the environment (OSError) exit 1."""
+    try:
+        return main(argv) or 0
+    except (ValueError, KeyError, OSError) as e:
+        report(e, prog="python -m analysis")
+        return 1 if isinstance(e, OSError) else 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,4 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "python -m analysis"))
+    sys.exit(run_main())
