@@ -26,13 +26,14 @@ data:
 train: setup data
 	$(PY) run.py $(ARGS)
 
-# The main suite (pytest-xdist: one worker per core), then the SLURM group against a local one-node cluster (scripts/slurm-local.sh), which needs
+# The main suite (pytest-xdist: one worker per core; loadgroup keeps an xdist_group on one worker, where its
+# tests share the processes they start), then the SLURM group against a local one-node cluster (scripts/slurm-local.sh), which needs
 # root: as root the cluster is started here (apt-get installs SLURM when missing) and stopped afterwards
 # unless it was up already; without root its tests skip with the reason (in CI, CI=true, they fail). The SLURM
 # tests mostly wait (on the queue, on submitit's polling), so once the cluster is up they run side by side, one
 # pytest-xdist worker each (-n 4); if it is not, one process tries to start it and says why not.
 test: setup data
-	$(PY) -m pytest -q -n auto -m "not slurm" $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadgroup -m "not slurm" $(ARGS)
 	$(MAKE) --no-print-directory test-slurm
 
 test-slurm: setup

@@ -65,6 +65,7 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(here, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("loky")  # joblib's two worker processes, started once for both tests
 def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(here, tmp_path, quick, monkeypatch):
     monkeypatch.delenv(
         "OMP_NUM_THREADS", raising=False

@@ -42,6 +42,7 @@ def made_up(pairs):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("loky")  # joblib's two worker processes, started once for both tests
 def test_over_budget_candidates_are_not_trained_and_a_rerun_continues_the_study_under_joblib(
     cli, tmp_path, quick
 ):
