@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -272,7 +273,9 @@ def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path
                 style="italic", color="0.3", va="center")  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
     level = table.attrs.get("level")
-    level_text = f"{100 * level:.2f}% CI (Bonferroni-adjusted)" if level else "adjusted CI"
+    level_text = table.attrs.get("interval") or (
+        f"{100 * level:.2f}% CI (Bonferroni-adjusted)" if level else "adjusted CI"
+    )
     # wrapped: a long baseline label (a search's candidate) would run off the figure
     ax.set_xlabel(textwrap.fill(f"top-1 difference to {baseline} (points), {level_text}", 70))
     legend = [ax.scatter([], [], color=c, label=o) for o, c in OUTCOME_COLORS.items()]
@@ -289,6 +292,47 @@ def plot_delta_vs_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=120)
     return Path(path)
+
+
+def plot_decisions(
+    decisions: pd.DataFrame,
+    path: str | os.PathLike,
+    names: Mapping[str, str] | None = None,
+    groups: Mapping[str, str] | None = None,
+    shared: Sequence[str] = (),
+) -> Path:
+    """Write a sequential study's decisions (`analysis.sequential.decide`'s frame) as the Δ plot: each row's Δ
+    with the interval its decision used (not the fixed-sample CI that `plot_delta_vs_baseline` draws from runs),
+    the outcome colours and the ±margin band; each row named with its paired seeds (and "futile" where it stopped
+    so). `names`/`groups`: a row's label and group (its runs' results.json), rows ordered by group; `shared`: the
+    overrides every run has, for the title."""
+    names, groups = names or {}, groups or {}
+    design = decisions.attrs["design"]
+    table = pd.DataFrame(
+        {
+            "label": [
+                f"{names.get(x, x)} (n={n}{', futile' if why == 'futile' else ''})"
+                for x, n, why in zip(decisions["label"], decisions["n"], decisions["reason"], strict=True)
+            ],
+            "is_baseline": decisions["is_baseline"].astype(bool),
+            "delta_vs_baseline": pd.to_numeric(decisions["delta"], errors="coerce"),
+            "delta_ci_low": pd.to_numeric(decisions["low"], errors="coerce"),
+            "delta_ci_high": pd.to_numeric(decisions["high"], errors="coerce"),
+            "outcome": decisions["outcome"],
+            "group": [groups.get(x, "") for x in decisions["label"]],
+            "test": [f"none (n={n})" if n < 2 else "paired t" for n in decisions["n"]],
+        }
+    )
+    order = list(dict.fromkeys(table["group"]))
+    table = table.sort_values("group", key=lambda g: g.map(order.index), kind="stable").reset_index(drop=True)
+    table.attrs.update(
+        margin=design.margin,
+        alpha=design.alpha,
+        shared_overrides=list(shared),
+        interval="each row's interval at the look that stopped it (group-sequential, Bonferroni over rows and "
+        "looks)",
+    )
+    return plot_delta_vs_baseline(table, path)
 
 
 def plot_delta_vs_paper(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -259,7 +259,7 @@ def _duplicates(runs: pd.DataFrame) -> list[dict]:
 
 def varies(table: pd.DataFrame, column: str) -> bool:
     """Return whether `column` holds more than one distinct non-empty value (data and model are shown only then)."""
-    return table[column].dropna().astype(str).nunique() > 1
+    return column in table and table[column].dropna().astype(str).nunique() > 1
 
 
 def _number(value: float, digits: int, dash: str, sign: bool = False) -> str:

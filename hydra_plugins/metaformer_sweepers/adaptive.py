@@ -13,8 +13,9 @@ train in the next round. The study ends when every row is decided, futile or at 
 `max_seeds` seeds per row), or before a round that would take the study over `max_runs` runs.
 
 Each run is an ordinary run folder, `<sweep dir>/<row>/seed_<k>`, which `python -m analysis <sweep dir>` reads;
-the rounds and each row's decision go to `study.json` and `study.md` there. The same command run again reads the
-folders, replays the decisions (they depend only on the runs) and goes on: no finished run is trained again.
+the rounds and each row's decision go to `study.json`, `study.md` and `study.png` (the Δ plot with the rule's
+intervals) there. The same command run again reads the folders, replays the decisions (they depend only on the
+runs) and goes on: no finished run is trained again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE = "study.json"
 REPORT = "study.md"
+PLOT = "study.png"
 OPTIONS = ("baseline", "margin", "alpha", "first", "step", "max_looks", "max_seeds", "spending", "futility",
            "max_runs", "rows_file", "max_batch_size")  # fmt: skip
 
@@ -248,11 +250,18 @@ class AdaptiveSweeper(FolderSweeper):
         return state
 
     def report(self, decisions: pd.DataFrame, design: Design, state: dict, rows: dict[str, list[str]]) -> str:
-        """Write the decisions into study.json and study.md; return the markdown."""
+        """Write the decisions into study.json, study.md and study.png (the Δ plot with the rule's intervals);
+        return the markdown."""
+        from analysis.plots import plot_decisions
+
         state["decisions"] = _records(decisions)
         self.write_state(STATE, state)
-        text = render_study(decisions, design, state, self.labels(rows))
+        labels = self.from_results(rows, "label")
+        text = render_study(decisions, design, state, labels)
         (self.sweep_dir / REPORT).write_text(text + "\n")
+        if decisions["delta"].notna().any():
+            plot_decisions(decisions, self.sweep_dir / PLOT, labels, self.from_results(rows, "group"),
+                           shared=state["identity"]["fixed"])  # fmt: skip
         return text
 
     def job(self, fixed: list[str], rows: dict[str, list[str]], name: str, seed: int) -> Job:
@@ -286,14 +295,15 @@ class AdaptiveSweeper(FolderSweeper):
                                 "top1": float(top1) if isinstance(top1, int | float) else math.nan})  # fmt: skip
         return pd.DataFrame.from_records(records, columns=["label", "seed", "status", "top1"])
 
-    def labels(self, rows: dict[str, list[str]]) -> dict[str, str]:
-        """Row name -> the ablation label its runs carry (results.json `label`), where they have one."""
-        labels = {}
+    def from_results(self, rows: dict[str, list[str]], key: str) -> dict[str, str]:
+        """Row name -> what its runs' results.json holds under `key` (`label`: the ablation's name, `group`),
+        where they hold one."""
+        found = {}
         for name, _, subdir in self.row_folders(rows):
-            label = self.results(subdir).get("label")
-            if label and name not in labels:
-                labels[name] = str(label)
-        return labels
+            value = self.results(subdir).get(key)
+            if value and name not in found:
+                found[name] = str(value)
+        return found
 
 
 def _records(decisions: pd.DataFrame) -> list[dict[str, Any]]:

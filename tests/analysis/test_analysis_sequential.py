@@ -187,3 +187,27 @@ def test_simulate_command_with_a_recorded_study_and_a_budget(capsys):
     assert "the recorded Δs (each row its own)" in capsys.readouterr().out
     assert main([*argv, "--max-runs", "0"]) == 2
     assert "--max-runs 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_the_study_plot_draws_each_row_with_the_interval_its_decision_used(tmp_path, monkeypatch):
+    from analysis import plots
+
+    runs = runs_of({"up": [1.0, 1.1, 0.9, 1.0, 1.05], "same": [0.0, 0.05, -0.05, 0.02, -0.02], "one": [0.3]})
+    decisions = decide(runs, baseline="baseline", design=DESIGN, look=3)
+    drawn = {}
+    monkeypatch.setattr(
+        plots, "plot_delta_vs_baseline", lambda table, path: drawn.update(table=table) or path
+    )
+    plots.plot_decisions(decisions, tmp_path / "study.png", names={"up": "better row"}, groups={"same": "g"})
+    table = drawn["table"]
+    # up and same are decided at the first look, with 3 seeds of their 5; `one` has a single seed
+    assert table["label"].tolist() == ["baseline (n=5)", "better row (n=3)", "one (n=1)", "same (n=3)"]
+    assert table["group"].tolist() == ["", "", "", "g"]  # by group, the rows' order kept within each
+    up = table.set_index("label").loc["better row (n=3)"]
+    row = decisions.set_index("label").loc["up"]
+    assert (up["delta_ci_low"], up["delta_ci_high"], up["outcome"]) == (row["low"], row["high"], "better")
+    assert table.attrs["margin"] == 0.5 and "group-sequential" in table.attrs["interval"]
+    # and the real drawing, with a row that has one seed (no interval) and the baseline (no Δ)
+    monkeypatch.undo()
+    path = plots.plot_decisions(decisions, tmp_path / "study.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -54,6 +54,7 @@ def test_after_the_first_round_only_the_undecided_row_gets_more_seeds(cli, fake_
         "norm_bn": ("undecided", 5),
     }
     assert state["finished"] and (tmp_path / "sweep" / "study.md").is_file()
+    assert (tmp_path / "sweep" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "group-sequential design of analysis/sequential.py" in out.out and "| norm_bn" in out.out
 
 
