@@ -145,7 +145,8 @@ def compose_checked(overrides: list[str], conf_dir: Path = CONF_DIR) -> DictConf
 
 
 class PreflightCallback(Callback):
-    """Checks, before Hydra creates it, that the run (or sweep) folder can be written; exits with one line if not."""
+    """Checks, before Hydra creates it, that the run (or sweep) folder can be written, without making it (a sweeper
+    may still refuse its options); exits with one line if not."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check hydra.run.dir."""
@@ -158,6 +159,6 @@ class PreflightCallback(Callback):
     @staticmethod
     def _check(config: DictConfig, mode: str) -> None:
         try:
-            check_writable(str(OmegaConf.select(config, f"hydra.{mode}.dir")))
+            check_writable(str(OmegaConf.select(config, f"hydra.{mode}.dir")), create=False)
         except ConfigError as e:
             fail(str(e), e.exit_code)

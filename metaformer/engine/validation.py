@@ -266,14 +266,22 @@ def _check_resume(resume: Any) -> None:
         raise ConfigError(f"resume={resume}: the folder has no last.pt to resume from", exit_code=1)
 
 
-def check_writable(run_dir: str | Path) -> None:
-    """Create `run_dir` if needed and prove a file can be written there; raise ConfigError if not."""
+def check_writable(run_dir: str | Path, create: bool = True) -> None:
+    """Create `run_dir` if needed and prove a file can be written there; raise ConfigError if not. With
+    `create=False` a missing `run_dir` is not made: a probe folder in its nearest existing parent proves it could
+    be, and nothing is left behind (a command refused later leaves no empty folder)."""
     path = Path(run_dir)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        if create or path.exists():
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        else:
+            parent = next(p for p in path.absolute().parents if p.exists())
+            probe = parent / f".write-test-{os.getpid()}"
+            probe.mkdir()
+            probe.rmdir()
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(f"cannot write the output folder {path}: {reason}", exit_code=1) from e

@@ -12,6 +12,7 @@ from metaformer.engine.command_line import check_composes, check_overrides, norm
 from metaformer.engine.results import read_results, run_identity, write_results
 from metaformer.engine.validation import check_mixer_options, check_writable, degenerate_mixing, model_kwargs
 from mixers import register_mixer
+from mixers.registry import MIXERS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -173,6 +174,10 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot write the output folder") as err:
         check_writable(blocker / "run")
     assert err.value.exit_code == 1
+    with pytest.raises(ConfigError, match="cannot write the output folder"):
+        check_writable(blocker / "run", create=False)
+    check_writable(tmp_path / "later" / "run", create=False)
+    assert sorted(tmp_path.iterdir()) == [blocker]  # proved without making it, nothing left behind
     check_writable(tmp_path / "fine" / "run")
     assert (tmp_path / "fine" / "run").is_dir()
 
@@ -183,7 +188,7 @@ def test_a_mixer_option_reaches_create_model_and_its_defaults_are_the_mixers(com
     assert compose_cfg().mixer_options == {}  # nothing copied: the mixers' signatures hold the defaults
 
 
-def test_overrides_hydra_would_refuse_in_many_lines_are_caught_in_one():
+def test_overrides_hydra_would_refuse_in_many_lines_are_caught_in_one(monkeypatch):
     fine = ["-m", "model=poolformer_s12,poolformer_s24", "data=synthetic", "seed=0,1", "+ablation=glob(*)",
             "+ablation=norm_bn", "+mixer_options.pool.pool_size=5",
             "hydra/launcher=basic", "hydra.run.dir=x", "~logger"]  # fmt: skip
@@ -197,6 +202,8 @@ def test_overrides_hydra_would_refuse_in_many_lines_are_caught_in_one():
     check_overrides(
         ["optim=adam", "hydra.searchpath=[file:///my/conf]"]
     )  # configs from elsewhere: Hydra judges
+
+    monkeypatch.setattr(MIXERS, "_builders", dict(MIXERS._builders))  # the registration ends with the test
 
     @register_mixer("test_gated", override=True)
     class Gated(nn.Module):

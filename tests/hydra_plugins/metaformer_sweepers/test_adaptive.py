@@ -117,7 +117,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_run(cli, fake_launcher, tmp
     fake = fake_launcher(made_up)
     out = cli(*args(tmp_path, extra))
     assert out.code == 2 and len(out.lines) == 1 and message in out.lines[0], out.err
-    assert fake.launched == []
+    assert fake.launched == [] and not (tmp_path / "sweep").exists()  # no empty sweep folder left behind
 
 
 @pytest.mark.slow

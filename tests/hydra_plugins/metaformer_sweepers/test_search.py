@@ -130,4 +130,4 @@ def test_bad_input_is_one_line_and_exit_2_before_any_training(cli, fake_launcher
     fake = fake_launcher(made_up)
     out = cli("-m", "+search=hybrid", "data=synthetic", f"hydra.sweep.dir={tmp_path / 'sweep'}", extra)
     assert out.code == 2 and len(out.lines) == 1 and message in out.lines[0], out.err
-    assert fake.launched == []
+    assert fake.launched == [] and not (tmp_path / "sweep").exists()
