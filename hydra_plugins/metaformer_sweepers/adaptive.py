@@ -231,7 +231,8 @@ class AdaptiveSweeper(FolderSweeper):
                 })  # fmt: skip
             elif new:  # a round that a stop cut short, finished by this rerun
                 record.update(launched=record["launched"] + len(new), runs=self.runs_spent(rows))
-            self.report(decisions, design, state, rows)  # where a stopped study stands, after every round
+            # where a stopped study stands, after every round (the plot only after a round that trained)
+            self.report(decisions, design, state, rows, plot=bool(new))
             if decisions["stopped"].all():
                 state["finished"] = True
                 state["stop"] = "every row is decided, futile or at its last look"
@@ -249,9 +250,16 @@ class AdaptiveSweeper(FolderSweeper):
             print(self.report(decisions, design, state, rows), flush=True)
         return state
 
-    def report(self, decisions: pd.DataFrame, design: Design, state: dict, rows: dict[str, list[str]]) -> str:
-        """Write the decisions into study.json, study.md and study.png (the Δ plot with the rule's intervals);
-        return the markdown."""
+    def report(
+        self,
+        decisions: pd.DataFrame,
+        design: Design,
+        state: dict,
+        rows: dict[str, list[str]],
+        plot: bool = True,
+    ) -> str:
+        """Write the decisions into study.json, study.md and (`plot`) study.png, the Δ plot with the rule's
+        intervals; return the markdown."""
         from analysis.plots import plot_decisions
 
         state["decisions"] = _records(decisions)
@@ -259,7 +267,7 @@ class AdaptiveSweeper(FolderSweeper):
         labels = self.from_results(rows, "label")
         text = render_study(decisions, design, state, labels)
         (self.sweep_dir / REPORT).write_text(text + "\n")
-        if decisions["delta"].notna().any():
+        if plot and decisions["delta"].notna().any():
             plot_decisions(decisions, self.sweep_dir / PLOT, labels, self.from_results(rows, "group"),
                            shared=state["identity"]["fixed"])  # fmt: skip
         return text
