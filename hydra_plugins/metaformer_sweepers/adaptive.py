@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -217,7 +218,9 @@ class AdaptiveSweeper(FolderSweeper):
             if new:
                 log.info("Adaptive study, round %d: %d runs (%s)", look, len(new),
                          ", ".join(sorted({j.subdir.partition('/')[0] for j in new})))  # fmt: skip
+            started = time.monotonic()
             self.launch(jobs)
+            seconds = round(time.monotonic() - started, 1) if new else 0.0
             try:
                 decisions = decide(self.runs(rows), baseline=baseline, design=design, look=look)
             except AnalysisError as e:  # no run ended (every job was stopped): nothing to decide
@@ -226,11 +229,12 @@ class AdaptiveSweeper(FolderSweeper):
             record = next((r for r in rounds if r["look"] == look), None)
             if record is None:
                 rounds.append({
-                    "round": len(rounds) + 1, "look": look, "launched": len(new),
+                    "round": len(rounds) + 1, "look": look, "launched": len(new), "seconds": seconds,
                     "runs": self.runs_spent(rows), "wanted": {k: list(v) for k, v in wanted.items()},
                 })  # fmt: skip
             elif new:  # a round that a stop cut short, finished by this rerun
-                record.update(launched=record["launched"] + len(new), runs=self.runs_spent(rows))
+                record.update(launched=record["launched"] + len(new), runs=self.runs_spent(rows),
+                              seconds=round(record.get("seconds", 0.0) + seconds, 1))  # fmt: skip
             # where a stopped study stands, after every round (the plot only after a round that trained)
             self.report(decisions, design, state, rows, plot=bool(new))
             if decisions["stopped"].all():
@@ -345,6 +349,8 @@ def render_study(decisions: pd.DataFrame, design: Design, state: dict, labels: d
     table = pd.DataFrame(rows, columns=["row", "n", "outcome", "Δ top-1", "interval", "stopped"])
     looks = ", ".join(str(design.seeds_at(k)) for k in range(1, design.max_looks + 1))
     runs = state["rounds"][-1]["runs"] if state["rounds"] else 0
+    seconds = round(sum(r.get("seconds", 0.0) for r in state["rounds"]))
+    took = f" in {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} of rounds" if seconds else ""
     footnote = (
         f"Decision rule: the group-sequential design of analysis/sequential.py: each row paired by seed with the "
         f"baseline, looks at {looks} paired seeds, family-wise alpha {design.alpha:g} split by Bonferroni over "
@@ -353,7 +359,7 @@ def render_study(decisions: pd.DataFrame, design: Design, state: dict, labels: d
         f"(TOST); futility stop below {design.futility:.0%} conditional power (non-binding). Intervals are at each "
         f"row's adjusted level."
     )
-    ended = f"{len(state['rounds'])} rounds, {runs} runs. " + (
+    ended = f"{len(state['rounds'])} rounds, {runs} runs{took}. " + (
         f"Stopped: {state['stop']}." if "stop" in state else "Running: the same command continues the study."
     )
     return f"{table.to_markdown(index=False, disable_numparse=True)}\n\n{footnote}\n\n{ended}"

@@ -68,7 +68,7 @@ def test_a_rerun_continues_without_running_a_finished_job_again(cli, fake_launch
     outcome = {d["label"]: d["outcome"] for d in study(tmp_path)["decisions"] if not d["is_baseline"]}
     assert outcome == {"mixer_identity": "better", "act_relu": "equivalent", "norm_bn": "undecided"}
     report = (tmp_path / "sweep" / "study.md").read_text()
-    assert "1 rounds, 12 runs. Running: the same command continues the study." in report
+    assert "1 rounds, 12 runs" in report and "Running: the same command continues the study." in report
     fake.interrupt_after = None
     assert cli(*args(tmp_path)).code == 0
     assert (
@@ -81,6 +81,7 @@ def test_a_rerun_continues_without_running_a_finished_job_again(cli, fake_launch
         in (tmp_path / "sweep" / "study.md").read_text()
     )
     rounds = study(tmp_path)["rounds"]
+    assert all(r["seconds"] >= 0 for r in rounds)  # the wall time of each round's launches
     assert [(r["round"], r["look"], r["launched"]) for r in rounds] == [
         (1, 1, 12),
         (2, 2, 1),
@@ -138,6 +139,12 @@ def test_a_real_study_trains_only_the_undecided_row_again(cli, tmp_path, quick):
                     "same/seed_0", "same/seed_1", "same/seed_2"]  # fmt: skip
     decided = {d["label"]: d["outcome"] for d in study(tmp_path)["decisions"] if not d["is_baseline"]}
     assert decided == {"same": "undecided", "other": "equivalent"}
+    walls = [json.loads(p.read_text())["wall_s"] for p in sweep.glob("*/seed_*/results.json")]
+    rounds = study(tmp_path)["rounds"]
+    assert sum(r["seconds"] for r in rounds) >= sum(walls)  # each round's time covers its runs (one at a time)
+    assert f"2 rounds, 8 runs in 0:00:{round(sum(r['seconds'] for r in rounds)):02d} of rounds" in (
+        sweep / "study.md"
+    ).read_text()
     stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/seed_*/results.json")}
     assert cli(*command).code == 0  # the same command again: nothing is trained
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/seed_*/results.json")} == stamps
