@@ -194,7 +194,7 @@ class AdaptiveSweeper(FolderSweeper):
         identity: dict,
         earlier: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
-        """Rounds until `next_seeds` has nothing left, the budget stops it, or no new run can be had. Round k
+        """Rounds until every row has stopped, the budget stops the study, or no new run can be had. Round k
         trains the seeds look k needs and then decides look k. A rerun keeps the `earlier` rounds of study.json
         and replays their looks in order from the runs, training only what a stopped round left: a look is never
         taken on a round that is not finished (which the baseline's seed count alone cannot tell)."""
