@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from metaformer import list_acts, list_norms
+from metaformer.bench.command import bench_parser
 from metaformer.bench.throughput import Contender, compare, logits_agreement, matmul_peak_gflops, summary
 from metaformer.errors import run_main
 from metaformer.fast import AUTOCAST_DTYPES, Settings, bf16_supported, fast_settings, with_overrides
@@ -102,11 +103,10 @@ def names(registered: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m metaformer.bench`: every flag with its help, its default and its choices."""
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m metaformer.bench",
-        description=doc.split("\n")[0],
-        epilog="examples:\n" + doc.split("\n\n")[1] + "\n\n" + doc.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = bench_parser(
+        "python -m metaformer.bench",
+        doc.split("\n")[0],
+        doc.split("\n\n")[1] + "\n\n" + doc.split("\n\n", 2)[2],
     )
     p.add_argument(
         "--model", default="poolformer_s12", choices=list_models(), metavar="NAME",

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from metaformer.bench.command import bench_parser
 from metaformer.bench.throughput import Contender, compare, summary
 from metaformer.errors import run_main
 from metaformer.fast import Settings
@@ -60,12 +61,7 @@ def bench_layout(layout: list[str], args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m metaformer.bench.depthwise`: every flag with its help and default."""
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m metaformer.bench.depthwise",
-        description=doc.split("\n\n")[0],
-        epilog="examples:\n" + doc.split("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("python -m metaformer.bench.depthwise", doc.split("\n\n")[0], doc.split("\n\n")[2])
     p.add_argument("--model", default="poolformer_cpu", help="model preset (default: %(default)s)")
     p.add_argument(
         "--layout",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from metaformer.bench.command import bench_parser
 from metaformer.engine.data import build_data
 from metaformer.engine.loop import Stepper, train_one_epoch
 from metaformer.engine.parts import run_settings
@@ -100,12 +101,7 @@ def bench(cfg: DictConfig, batches: int, rounds: int, device: str = "cpu") -> di
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m metaformer.bench.loop`: every flag with its help and default."""
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m metaformer.bench.loop",
-        description=doc.split("\n")[0],
-        epilog="examples:\n" + doc.split("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("python -m metaformer.bench.loop", doc.split("\n")[0], doc.split("\n\n")[2])
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="Hydra overrides, as for run.py (default: none: the main job's config)",

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from metaformer.bench.command import bench_parser
 from metaformer.bench.throughput import peak_memory_mib, synchronize, time_steps
 from metaformer.block import MetaFormerBlock
 from metaformer.errors import run_main
@@ -132,12 +133,7 @@ def plot(df: pd.DataFrame, path: Path, title: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m metaformer.bench.scaling`: every flag with its help and default."""
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m metaformer.bench.scaling",
-        description=doc.split("\n")[0],
-        epilog="examples:\n" + doc.split("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("python -m metaformer.bench.scaling", doc.split("\n")[0], doc.split("\n\n")[2])
     p.add_argument(
         "--mixers", nargs="+", default=None, metavar="MIXER",
         help=f"the token mixers to time (default: every registered one: {', '.join(list_mixers())})",
