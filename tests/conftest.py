@@ -8,6 +8,7 @@ are kept for the end-to-end paths: a real training run, runs killed or preempted
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -60,14 +61,21 @@ def quick() -> list[str]:
     return list(QUICK)
 
 
+# Composed configs by overrides, for this test process: conf/ does not change during a run, composing takes about
+# 0.1 s and many tests compose the same rows; each test gets its own copy.
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
 @pytest.fixture
 def compose_cfg() -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, as `python run.py OVERRIDES` would (without Hydra's runtime)."""
     from metaformer.engine.command_line import normalize_argv
 
     def make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=normalize_argv(list(overrides)))
+        if overrides not in _COMPOSED:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                _COMPOSED[overrides] = compose("config", overrides=normalize_argv(list(overrides)))
+        return copy.deepcopy(_COMPOSED[overrides])
 
     return make
 
