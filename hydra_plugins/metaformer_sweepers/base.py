@@ -37,11 +37,12 @@ ENDED = ("completed", "diverged", "failed")
 
 @dataclass(frozen=True)
 class Job:
-    """One training run: its folder under the sweep folder and its task overrides (the command's fixed ones and
-    its own)."""
+    """One training run: its folder under the sweep folder, its task overrides (the command's fixed ones and its
+    own) and, where the sweeper knows it, its expected cost (any unit: GMACs, say), which orders a batch."""
 
     subdir: str
     overrides: tuple[str, ...]
+    cost: float = 0.0
 
 
 def slug(text: str) -> str:
@@ -151,8 +152,10 @@ class FolderSweeper(Sweeper):
     def launch(self, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
         """Launch the jobs whose runs have not ended, in batches of `max_batch_size` (all at once by default),
         through the configured launcher; return every job's results.json by subdir. A job that raised is a
-        run with a `failed` results.json (run.py writes it) or none: its return value is never read."""
-        todo = [job for job in jobs if not self.ended(job.subdir)]
+        run with a `failed` results.json (run.py writes it) or none: its return value is never read.
+        The costliest jobs go first (a stable sort on `Job.cost`): a launcher with fewer workers than jobs hands
+        them out in order, so a batch ends on short jobs instead of one long job running while the others wait."""
+        todo = sorted((job for job in jobs if not self.ended(job.subdir)), key=lambda job: -job.cost)
         size = self.max_batch_size or max(len(todo), 1)
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]

@@ -430,7 +430,8 @@ class SearchSweeper(FolderSweeper):
         """Launch the batch's runs, then tell each trial its objectives, or FAIL for a run that did not complete."""
         from optuna.trial import TrialState
 
-        results = self.launch([Job(subdir, (*fixed, *overrides)) for _, subdir, _, overrides in batch])
+        results = self.launch([Job(subdir, (*fixed, *overrides), cost=trial.user_attrs.get("gmacs", 0.0))
+                               for trial, subdir, _, overrides in batch])  # fmt: skip
         for trial, subdir, key, _ in batch:
             record = results.get(subdir, {})
             values = [record.get(name) for name in self.objectives]

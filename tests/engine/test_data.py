@@ -134,6 +134,20 @@ def test_idx_reader_matches_torchvision(tmp_path):
     np.testing.assert_array_equal(ds.read_idx(tmp_path / "gz-idx3-ubyte.gz"), expected)
 
 
+def test_an_unchanged_idx_file_is_read_once_per_process_and_a_changed_one_again(tmp_path, monkeypatch):
+    opened = []
+    real_open = ds._open_idx
+    monkeypatch.setattr(ds, "_open_idx", lambda path: opened.append(path) or real_open(path))
+    path = tmp_path / "labels-idx1-ubyte.gz"
+    write_idx(path, np.arange(6))
+    first = ds.read_idx(path)
+    assert ds.read_idx(path) is first and opened == [path]  # a sweep's next run in this process: no unzipping
+    assert not first.flags.writeable  # callers copy before they change anything
+    write_idx(path, np.arange(7))  # the file replaced (another size)
+    np.testing.assert_array_equal(ds.read_idx(path), np.arange(7))
+    assert opened == [path, path]
+
+
 @pytest.mark.parametrize("layout", ["flat_gz", "flat_raw", "torchvision"])
 def test_fashion_mnist_explicit_root_layouts(tmp_path, layout):
     folder = tmp_path / "FashionMNIST" / "raw" if layout == "torchvision" else tmp_path

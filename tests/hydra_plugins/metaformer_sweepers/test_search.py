@@ -93,6 +93,24 @@ def test_a_diverged_run_is_told_as_fail_and_the_search_goes_on_two_at_a_time(cli
     )  # trials went on after a failure
 
 
+def test_a_batch_launches_its_costliest_candidates_first_and_tells_them_in_trial_order(
+    cli, fake_launcher, tmp_path
+):
+    fake = fake_launcher(made_up)
+    out = cli(*search(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.batch_size=4", "data=synthetic"))
+    assert out.code == 0, out.err
+    assert fake.batches == [4]  # the space's four candidates, asked together
+    runs = trained(study_of(tmp_path / "sweep"))
+    gmacs = {t.user_attrs["subdir"]: t.user_attrs["gmacs"] for t in runs}
+    assert [gmacs[subdir] for subdir in fake.launched] == sorted(gmacs.values(), reverse=True)
+    asked = [t.user_attrs["subdir"] for t in runs]  # trial numbers: the order Optuna asked in
+    assert fake.launched != asked  # (this seed's asks are not already in that order)
+    assert all(t.state == TrialState.COMPLETE for t in runs)
+    # told in the order asked, whatever the order launched: the study's trials complete by number
+    completed = sorted(runs, key=lambda t: t.datetime_complete)
+    assert [t.number for t in completed] == sorted(t.number for t in runs)
+
+
 def test_a_killed_search_trains_the_interrupted_trial_again_and_no_finished_one(cli, fake_launcher, tmp_path):
     fake = fake_launcher(made_up)
     fake.interrupt_after = 2
