@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,17 @@ QUICK = [
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# The suite's run folders take about 300 MB at a time under the temporary directory (passing tests' folders are
+# deleted at teardown: pyproject.toml); below this, tests would fail on a full disk with messages that hide it.
+MIN_FREE_BYTES = 1 << 30
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, in one line, when the disk the tests write to is nearly full."""
+    where = tempfile.gettempdir()
+    free = shutil.disk_usage(where).free
+    if free < MIN_FREE_BYTES:
+        pytest.exit(f"only {free / 2**30:.2f} GB free under {where}; the tests need about 1 GB", returncode=1)
 
 
 @pytest.fixture(autouse=True)

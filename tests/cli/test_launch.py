@@ -66,13 +66,14 @@ def test_a_multirun_over_mixer_lists_writes_one_run_folder_per_job(here, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("loky")  # joblib's two worker processes, started once for both tests
-def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(here, tmp_path, quick, monkeypatch):
+def test_joblib_runs_seeds_in_parallel_and_splits_the_cpu_threads(cli, tmp_path, quick, monkeypatch):
     monkeypatch.delenv(
         "OMP_NUM_THREADS", raising=False
     )  # the worker processes inherit it: let the launcher decide
-    done = here(
-        "-m", "seed=0,1", *quick, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"
-    )
+    # Not `here`: joblib's workers outlive this test (the group's next test reuses them) and keep the working
+    # directory they started in, and a passing test's tmp_path is deleted at its teardown.
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    done = cli("-m", "seed=0,1", *quick, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", sweep)
     assert done.code == 0, done.err
     jobs = [results_of(tmp_path / "sweep" / str(i)) for i in (0, 1)]
     assert [r["seed"] for r in jobs] == [0, 1] and all(r["status"] == "completed" for r in jobs)
