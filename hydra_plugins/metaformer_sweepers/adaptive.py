@@ -20,6 +20,7 @@ runs) and goes on: no finished run is trained again.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
 import math
@@ -350,7 +351,7 @@ def render_study(decisions: pd.DataFrame, design: Design, state: dict, labels: d
     looks = ", ".join(str(design.seeds_at(k)) for k in range(1, design.max_looks + 1))
     runs = state["rounds"][-1]["runs"] if state["rounds"] else 0
     seconds = round(sum(r.get("seconds", 0.0) for r in state["rounds"]))
-    took = f" in {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} of rounds" if seconds else ""
+    took = f" in {datetime.timedelta(seconds=seconds)} of rounds" if seconds else ""
     footnote = (
         f"Decision rule: the group-sequential design of analysis/sequential.py: each row paired by seed with the "
         f"baseline, looks at {looks} paired seeds, family-wise alpha {design.alpha:g} split by Bonferroni over "
